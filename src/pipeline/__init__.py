@@ -1,0 +1,1 @@
+"""A declarative deep-learning experiment pipeline: the composed Hydra config is the experiment."""

@@ -1,0 +1,94 @@
+"""Config validation at the boundary: a bad value is one clear line naming the key, the value and what is allowed."""
+import math
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from pipeline.models.activations import ACTIVATIONS
+
+
+class ConfigError(ValueError):
+    """A config value a run cannot use. Its message is the single line shown to the user."""
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+RULES = [
+    # (key, accepts(value), what is allowed)
+    ("seed", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ("threads", lambda v: v is None or (_integer(v) and v >= 1), "null or an integer >= 1"),
+    ("data.batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("data.num_classes", lambda v: _integer(v) and v >= 2, "an integer >= 2"),
+    ("data.input_shape", lambda v: isinstance(v, list) and v and all(_integer(d) and d >= 1 for d in v),
+     "a non-empty list of integers >= 1"),
+    ("data.val_fraction", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
+    ("data.test_fraction", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
+    ("data.num_samples", lambda v: _integer(v) and v >= 20, "an integer >= 20"),
+    ("data.noise", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    ("model.hidden", lambda v: isinstance(v, list) and all(_integer(w) and w >= 1 for w in v),
+     "a list of layer widths, each an integer >= 1 (e.g. [256, 128])"),
+    ("model.activation", lambda v: v in ACTIVATIONS, "one of " + ", ".join(ACTIVATIONS)),
+    ("regularization.dropout", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("regularization.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    ("regularization.batchnorm", lambda v: isinstance(v, bool), "true or false"),
+    ("optimizer.lr", lambda v: _number(v) and v > 0, "a number > 0"),
+    ("optimizer.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    ("optimizer.momentum", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("optimizer.alpha", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("optimizer.betas", lambda v: isinstance(v, list) and len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v),
+     "two numbers in [0, 1), e.g. [0.9, 0.999]"),
+    ("scheduler.step_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("scheduler.gamma", lambda v: _number(v) and v > 0, "a number > 0"),
+    ("scheduler.T_max", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("trainer.max_epochs", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("sweep.direction", lambda v: v in ("maximize", "minimize"), "maximize or minimize"),
+]
+
+_ABSENT = object()
+
+
+def _plain(value):
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first key whose value is outside what the pipeline accepts."""
+    fractions = 0.0
+    for key, accepts, allowed in RULES:
+        value = _plain(OmegaConf.select(cfg, key, default=_ABSENT))
+        if value is _ABSENT:
+            continue
+        if not accepts(value):
+            raise ConfigError(f"{key}={value!r} is invalid: must be {allowed}")
+        if key in ("data.val_fraction", "data.test_fraction"):
+            fractions += value
+    if fractions >= 1:
+        raise ConfigError(f"data.val_fraction + data.test_fraction = {fractions:g} leaves no training data: "
+                          "their sum must be < 1")
+
+
+def check_model_fits_data(model: torch.nn.Module, cfg: DictConfig) -> None:
+    """Run one tiny forward pass so an incompatible model/data pair fails before training, not inside it."""
+    shape = tuple(cfg.data.input_shape)
+    model_name = cfg.model._target_.rsplit(".", 1)[-1]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, *shape))
+    except Exception as error:  # the library's message says why; we say which pair and shape
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"model {model_name} ({cfg.model._target_}) cannot take data={cfg.data.name} "
+                          f"inputs of shape {list(shape)}: {reason}") from None
+    finally:
+        model.train(was_training)
+    expected = (2, cfg.data.num_classes)
+    if tuple(out.shape) != expected:
+        raise ConfigError(f"model {model_name} outputs shape {list(out.shape)[1:]} for data={cfg.data.name}, "
+                          f"which needs {cfg.data.num_classes} class logits")

@@ -1,0 +1,82 @@
+"""A Hydra callback that groups a multirun in MLflow: one parent run, a child per job, a summary at the end."""
+import math
+import os
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from pipeline import tracking
+
+
+class SweepParentRun(Callback):
+    """Creates the parent run before any job starts (which also creates a new store's schema once, so
+    parallel jobs never race to create it) and, when the sweep ends, ranks the children by the objective."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if not tracking.uses_mlflow(config):
+            return
+        import mlflow
+
+        uri = config.logger.tracking_uri
+        client = mlflow.MlflowClient(uri)
+        sweep = " ".join(config.hydra.overrides.task) or "defaults"
+        run = client.create_run(tracking.experiment_id(config), run_name=f"sweep: {sweep}",
+                                tags={"pipeline.sweep": sweep, "pipeline.sweep_dir": str(config.hydra.sweep.dir)})
+        client.log_text(run.info.run_id, "\n".join(config.hydra.overrides.task) + "\n", "sweep/overrides.txt")
+        os.environ[tracking.PARENT_RUN_ENV] = run.info.run_id
+        os.environ[tracking.SWEPT_KEYS_ENV] = ",".join(swept_keys(config))
+        os.environ[tracking.PARENT_RUN_ENV + "_URI"] = uri
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        run_id = os.environ.get(tracking.PARENT_RUN_ENV)
+        if not run_id or not tracking.uses_mlflow(config):
+            return
+        import mlflow
+
+        client = mlflow.MlflowClient(config.logger.tracking_uri)
+        summarise(client, run_id, config.sweep.objective, config.sweep.direction)
+        client.set_terminated(run_id, "FINISHED")
+        for name in (tracking.PARENT_RUN_ENV, tracking.PARENT_RUN_ENV + "_URI", tracking.SWEPT_KEYS_ENV):
+            os.environ.pop(name, None)
+
+
+def swept_keys(config: DictConfig) -> list[str]:
+    """The keys the sweep varies (`optimizer=sgd,adam`, or a sweeper's search space): they name the children."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = [override.get_key_element() for override in parsed if override.is_sweep_override()]
+    return keys + list(config.hydra.sweeper.get("params") or {})
+
+
+def summarise(client, parent_run_id: str, objective: str, direction: str) -> dict | None:
+    """Log a table of the children and their objective on the parent, and tag the best child."""
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                  order_by=["attributes.start_time ASC"])
+    rows = []
+    for child in children:
+        value = child.data.metrics.get(objective, math.nan)
+        rows.append({"run": child.info.run_name, "run_id": child.info.run_id, "status": child.info.status,
+                     objective: value, "test/acc": child.data.metrics.get("test/acc", math.nan)})
+    scored = [row for row in rows if not math.isnan(row[objective])]
+    best = (max if direction == "maximize" else min)(scored, key=lambda row: row[objective]) if scored else None
+
+    header = ["run", "status", objective, "test/acc", "run_id"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        mark = " (best)" if row is best else ""
+        lines.append(f"| {row['run']}{mark} | {row['status']} | {row[objective]:.4f} | {row['test/acc']:.4f} "
+                     f"| {row['run_id']} |")
+    text = f"Sweep summary: {len(rows)} runs, objective {objective} ({direction})\n\n" + "\n".join(lines) + "\n"
+    client.log_text(parent_run_id, text, "sweep/summary.md")
+    client.log_metric(parent_run_id, "sweep/children", len(rows))
+    if best is not None:
+        client.set_tag(parent_run_id, "best_run_id", best["run_id"])
+        client.set_tag(parent_run_id, "best_run_name", best["run"])
+        client.log_metric(parent_run_id, f"best/{objective}", best[objective])
+        if not math.isnan(best["test/acc"]):
+            client.log_metric(parent_run_id, "best/test/acc", best["test/acc"])
+    print(text)
+    return best

@@ -1,0 +1,74 @@
+"""Classification: cross-entropy on logits, accuracy per stage; wraps any nn.Module that outputs logits."""
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+
+class Classifier(pl.LightningModule):
+    """Trains `model` with the given optimizer (a partial awaiting parameters) and optional LR scheduler.
+
+    Metrics are logged per epoch as `train/loss`, `val/acc`, `val/acc_best`, `test/acc`, ...
+    """
+
+    def __init__(self, model: nn.Module, optimizer, num_classes: int, scheduler=None,
+                 log_every_step: bool = False):
+        super().__init__()
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.log_every_step = log_every_step
+        self.loss = nn.CrossEntropyLoss()
+        self.acc = nn.ModuleDict({stage: MulticlassAccuracy(num_classes, average="micro")
+                                  for stage in ("train_", "val_", "test_")})
+        self.mean_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("train_", "val_", "test_")})
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, x):
+        return self.model(x)
+
+    def _step(self, batch, stage: str):
+        x, y = batch
+        logits = self.model(x)
+        loss = self.loss(logits, y)
+        # ModuleDict keys can't be "train" (a Module attribute), hence the trailing underscore.
+        self.acc[stage + "_"](logits, y)
+        self.mean_loss[stage + "_"](loss, weight=len(y))
+        on_step = self.log_every_step and stage == "train"
+        self.log(f"{stage}/loss", self.mean_loss[stage + "_"], on_step=False, on_epoch=True,
+                 prog_bar=stage != "train")
+        self.log(f"{stage}/acc", self.acc[stage + "_"], on_step=False, on_epoch=True, prog_bar=True)
+        if on_step:
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def on_validation_epoch_end(self):
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best(self.acc["val_"].compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=False)
+
+    def on_fit_start(self):
+        self.val_acc_best.reset()
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer(params=self.parameters())
+        if self.scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer),
+                                                          "interval": "epoch"}}
+
+    @torch.no_grad()
+    def predict_step(self, batch, batch_idx):
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.model(x).argmax(dim=-1)
