@@ -58,11 +58,12 @@ class InputError(SystemExit):
 
 
 def run_job(cfg):
-    """The body of run.py's @hydra.main: run the experiment, turning input errors into InputError."""
+    """The body of run.py's @hydra.main: run the experiment and return the sweep objective (for sweepers),
+    turning input errors into InputError."""
     from pipeline.train import run
 
     try:
-        return run(cfg)
+        return run(cfg).get(cfg.sweep.objective, float("nan"))
     except Exception as error:
         message = describe(error)
         if message is None:

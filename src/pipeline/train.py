@@ -47,8 +47,8 @@ def build_logger(cfg: DictConfig, run) -> pl.loggers.Logger | bool:
 
 
 def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str | None = None,
-        swept_keys: list[str] | None = None) -> float:
-    """Train, test and track the experiment `cfg` describes; return the sweep objective's value."""
+        swept_keys: list[str] | None = None) -> dict[str, float]:
+    """Train, test and track the experiment `cfg` describes; return its final train/val/test metrics."""
     check_config(cfg)
     if overrides is None:
         overrides, parent_run_id, swept_keys = hydra_overrides()
@@ -81,7 +81,6 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str 
             tracking.log_model(model, example)
             log.info("MLflow run %s (%s) in %s", mlflow_run.info.run_id, run_name, cfg.logger.tracking_uri)
 
-    objective = metrics.get(cfg.sweep.objective, float("nan"))
     summary = "  ".join(f"{key}={value:.4f}" for key, value in sorted(metrics.items()) if key.startswith("test/"))
-    print(f"{run_name}: {summary}  ({cfg.sweep.objective}={objective:.4f})")
-    return objective
+    print(f"{run_name}: {summary}  ({cfg.sweep.objective}={metrics.get(cfg.sweep.objective, float('nan')):.4f})")
+    return metrics

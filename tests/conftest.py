@@ -1,0 +1,52 @@
+"""Shared helpers: compose the real conf/ with Hydra, run the real run.py, read the real MLflow store."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+@pytest.fixture
+def tracking_uri(tmp_path, monkeypatch) -> str:
+    """A fresh SQLite MLflow store per test, set the way a user would: MLFLOW_TRACKING_URI."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture
+def compose_config(tmp_path, tracking_uri):
+    """compose_config("model=linear", ...) -> the composed config, outputs under tmp_path."""
+
+    def _compose(*overrides: str):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose("config", overrides=[f"paths.output_dir={tmp_path}/out", *overrides])
+
+    return _compose
+
+
+@pytest.fixture
+def run_py(tmp_path, tracking_uri):
+    """run_py("model=linear", ...) runs `python run.py ...` as a user would, in tmp_path, and returns the result."""
+
+    def _run(*args: str, timeout: float = 300, env: dict | None = None, **popen) -> subprocess.CompletedProcess:
+        command = [sys.executable, str(ROOT / "run.py"), *args,
+                   f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep"]
+        full_env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, **(env or {})}
+        return subprocess.run(command, cwd=tmp_path, env=full_env, capture_output=True, text=True,
+                              timeout=timeout, **popen)
+
+    return _run
+
+
+def all_runs(tracking_uri: str):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client, client.search_runs(experiments) if experiments else []
