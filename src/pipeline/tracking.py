@@ -10,6 +10,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+# MLflow announces every schema migration of a new SQLite store at INFO level on stderr.
+for _chatty in ("mlflow.store.db.utils", "alembic"):
+    logging.getLogger(_chatty).setLevel(logging.WARNING)
 
 # The sweep's parent run id, set by the sweep callback in the launching process and inherited by its jobs.
 PARENT_RUN_ENV = "PIPELINE_SWEEP_PARENT_RUN_ID"

@@ -3,6 +3,7 @@ import pytorch_lightning as pl
 import torch
 from sklearn.model_selection import train_test_split
 
+from pipeline.checks import ConfigError
 from pipeline.data.batches import TensorBatches
 
 
@@ -32,6 +33,9 @@ class InMemoryDataModule(pl.LightningDataModule):
         if self.splits:
             return
         x, y = self.load()
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ConfigError(f"data.input_shape={list(self.input_shape)} does not match data={self.name}, "
+                              f"whose samples have shape {list(x.shape[1:])}")
         index = torch.arange(len(y)).numpy()
         labels = y.numpy()
         rest, test = train_test_split(index, test_size=self.test_fraction, stratify=labels,
