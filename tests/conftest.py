@@ -14,9 +14,14 @@ CONF = ROOT / "conf"
 @pytest.fixture
 def tracking_uri(tmp_path, monkeypatch) -> str:
     """A fresh SQLite MLflow store per test, set the way a user would: MLFLOW_TRACKING_URI."""
+    import mlflow
+
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
+    # An earlier test in this process may have set MLflow's global URI, which outranks the variable.
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture
