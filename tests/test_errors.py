@@ -11,7 +11,7 @@ from conftest import ROOT, all_runs
 BAD_INPUT = [
     # (arguments, words the one line must contain)
     (["model=transformer"], ["model=transformer", "linear", "mlp"]),
-    (["model.depth=3"], ["model.depth", "unknown key"]),
+    (["model.depth=3"], ["model.depth=3", "unknown key"]),
     (["optimizer.lr=-0.1"], ["optimizer.lr=-0.1", "> 0"]),
     (["regularization.dropout=1.0"], ["regularization.dropout=1.0", "[0, 1)"]),
     (["regularization.dropout=-0.2"], ["regularization.dropout=-0.2", "[0, 1)"]),

@@ -4,11 +4,8 @@ import math
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from pipeline.errors import ConfigError
 from pipeline.models.activations import ACTIVATIONS
-
-
-class ConfigError(ValueError):
-    """A config value a run cannot use. Its message is the single line shown to the user."""
 
 
 def _number(v) -> bool:

@@ -9,7 +9,7 @@ from hydra.errors import (ConfigCompositionException, InstantiationException, Mi
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline import tracking
-from pipeline.checks import ConfigError
+from pipeline.errors import ConfigError
 
 
 def _first_line(text: str) -> str:
@@ -30,10 +30,12 @@ def describe(error: BaseException) -> str | None:
         match = re.search(r"Could not override '([^']+)'", text)
         if match:
             key = match.group(1)
+            added = re.search(r"use \+(\S+)", text)
+            given = added.group(1) if added else key
             parent, _, leaf = key.rpartition(".")
             where = f"'{parent}'" if parent else "the top level"
-            return (f"{key}: unknown key '{leaf}' in {where}; see the keys with `python run.py --cfg job`, "
-                    f"or add a new one with +{key}=...")
+            return (f"{given}: unknown key '{leaf}' in {where}; `python run.py --cfg job` lists the keys, "
+                    f"+{given} would add a new one")
         return _first_line(text)
     if isinstance(error, OverrideParseException):
         lines = [line.strip() for line in str(error.message).splitlines() if line.strip()]

@@ -3,7 +3,7 @@ import pytorch_lightning as pl
 import torch
 from sklearn.model_selection import train_test_split
 
-from pipeline.checks import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.data.batches import TensorBatches
 
 

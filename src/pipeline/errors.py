@@ -1,0 +1,5 @@
+"""The pipeline's own error type, kept free of heavy imports so the command line can load it instantly."""
+
+
+class ConfigError(ValueError):
+    """A config value a run cannot use. Its message is the single line shown to the user."""
