@@ -1,6 +1,7 @@
 """run(cfg): the one place where a composed config becomes objects, a fit, a test and a tracked result."""
 import contextlib
 import logging
+import os
 import warnings
 
 import pytorch_lightning as pl
@@ -19,8 +20,6 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 def hydra_overrides() -> tuple[list[str], str | None, list[str]]:
     """This job's command-line overrides and, inside a multirun, its sweep's parent run id and swept keys."""
-    import os
-
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -77,7 +76,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str 
         trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=True)
         metrics.update({key: float(value) for key, value in trainer.callback_metrics.items()})
         if mlflow_run is not None:
-            example = datamodule.splits["test"][0][:8]
+            example = next(iter(datamodule.test_dataloader()))[0][:8]
             tracking.log_model(model, example)
             log.info("MLflow run %s (%s) in %s", mlflow_run.info.run_id, run_name, cfg.logger.tracking_uri)
 
