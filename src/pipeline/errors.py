@@ -3,3 +3,7 @@
 
 class ConfigError(ValueError):
     """A config value a run cannot use. Its message is the single line shown to the user."""
+
+
+class DataError(ConfigError):
+    """A dataset that is missing, truncated or fails its checksum; the message says which file and what to do."""

@@ -3,18 +3,26 @@ import pytorch_lightning as pl
 import torch
 from sklearn.model_selection import train_test_split
 
-from pipeline.errors import ConfigError
 from pipeline.data.batches import TensorBatches
+from pipeline.errors import ConfigError
+
+
+def stratified_split(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int):
+    """Split (x, y) into a part and a held-out `fraction`, with every class in both in its proportion."""
+    index = torch.arange(len(y)).numpy()
+    keep, held = train_test_split(index, test_size=fraction, stratify=y.numpy(), random_state=seed)
+    keep, held = torch.from_numpy(keep), torch.from_numpy(held)
+    return (x[keep].contiguous(), y[keep].contiguous()), (x[held].contiguous(), y[held].contiguous())
 
 
 class InMemoryDataModule(pl.LightningDataModule):
-    """Subclasses implement `load()` returning (x, y) tensors; this class splits and batches them.
+    """Subclasses implement `load()` returning (x, y) tensors, or `load_splits()` for predefined splits.
 
-    The train/val/test split is stratified and seeded, so the same seed always gives the same split.
+    Splits are stratified and seeded, so the same seed always gives the same split.
     """
 
     def __init__(self, name: str, input_shape, num_classes: int, root: str, batch_size: int,
-                 val_fraction: float, test_fraction: float, seed: int):
+                 val_fraction: float, seed: int, test_fraction: float | None = None):
         super().__init__()
         self.name = name
         self.input_shape = tuple(input_shape)
@@ -29,23 +37,21 @@ class InMemoryDataModule(pl.LightningDataModule):
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        x, y = self.load()
+        rest, test = stratified_split(x, y, self.test_fraction, self.seed)
+        train, val = stratified_split(*rest, self.val_fraction / (1.0 - self.test_fraction), self.seed)
+        return {"train": train, "val": val, "test": test}
+
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        x, y = self.load()
-        if tuple(x.shape[1:]) != self.input_shape:
+        splits = self.load_splits()
+        sample_shape = tuple(splits["train"][0].shape[1:])
+        if sample_shape != self.input_shape:
             raise ConfigError(f"data.input_shape={list(self.input_shape)} does not match data={self.name}, "
-                              f"whose samples have shape {list(x.shape[1:])}")
-        index = torch.arange(len(y)).numpy()
-        labels = y.numpy()
-        rest, test = train_test_split(index, test_size=self.test_fraction, stratify=labels,
-                                      random_state=self.seed)
-        val_share = self.val_fraction / (1.0 - self.test_fraction)
-        train, val = train_test_split(rest, test_size=val_share, stratify=labels[rest],
-                                      random_state=self.seed)
-        for split, rows in (("train", train), ("val", val), ("test", test)):
-            rows = torch.from_numpy(rows)
-            self.splits[split] = (x[rows].contiguous(), y[rows].contiguous())
+                              f"whose samples have shape {list(sample_shape)}")
+        self.splits = splits
 
     def batches(self, split: str, shuffle: bool = False) -> TensorBatches:
         x, y = self.splits[split]

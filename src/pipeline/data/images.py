@@ -1,0 +1,131 @@
+"""Image datasets on disk: find or download the files, decode them once into a cached tensor file, then serve
+normalised in-memory batches with whole-batch augmentation (random crop with padding, horizontal flip)."""
+import os
+from pathlib import Path
+
+import torch
+
+from pipeline.data.in_memory import InMemoryDataModule, stratified_split
+from pipeline.errors import DataError
+
+CACHE_VERSION = 1  # bump when the decoded layout changes, so old caches are rebuilt
+
+
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero-pad each image by `padding` and cut a random window of the original size, for the whole batch at once."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    # Offsets come from a CPU generator (reproducible on any device) and move to the batch's device.
+    dy = torch.randint(0, 2 * padding + 1, (n, 1, 1), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * padding + 1, (n, 1, 1), generator=generator).to(x.device)
+    rows = (dy + torch.arange(h, device=x.device).view(1, h, 1)).expand(n, h, w)
+    cols = (dx + torch.arange(w, device=x.device).view(1, 1, w)).expand(n, h, w)
+    flat = padded.flatten(2)  # (n, c, (h+2p)*(w+2p))
+    index = (rows * (w + 2 * padding) + cols).flatten(1).unsqueeze(1).expand(-1, x.shape[1], -1)
+    return flat.gather(2, index).view_as(x)
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flip = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+
+
+class ImageDataModule(InMemoryDataModule):
+    """Subclasses say which files the dataset needs (`required_files`), how to download them (`fetch`) and how
+    to decode them (`decode` -> uint8 images and labels for the official train and test sets)."""
+
+    def __init__(self, folder: str, cache_dir: str, mean, std, crop_padding: int = 0, flip: bool = False,
+                 download: bool = True, **common):
+        super().__init__(**common)
+        self.folder = Path(self.root) / folder
+        self.cache_dir = Path(cache_dir)
+        self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
+        self.crop_padding = crop_padding
+        self.flip = flip
+        self.download = download
+        self.augment_generator = torch.Generator().manual_seed(self.seed)
+
+    # --- what a dataset family implements ---------------------------------------------------------
+    def required_files(self) -> list[Path]:
+        raise NotImplementedError
+
+    def fetch(self) -> None:
+        raise NotImplementedError
+
+    def decode(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # --- files and cache ------------------------------------------------------------------------
+    def missing_files(self) -> list[Path]:
+        return [path for path in self.required_files() if not path.exists()]
+
+    def ensure_files(self) -> None:
+        if not self.missing_files():
+            return
+        if self.download:
+            try:
+                self.fetch()
+            except DataError as error:
+                if "checksum" in str(error):
+                    raise
+                reason = f"download failed: {error}"
+            else:
+                reason = ""
+        else:
+            reason = "data.download=false"
+        missing = self.missing_files()
+        if missing:
+            names = ", ".join(path.name for path in missing)
+            raise DataError(f"data={self.name}: {names} not found in {self.folder} ({reason}). Put the files "
+                            f"there, or set PIPELINE_DATA_DIR (data.root) to a folder that has {self.folder.relative_to(self.root)}/")
+
+    @property
+    def cache_path(self) -> Path:
+        return self.cache_dir / f"{self.name}.pt"
+
+    def fingerprint(self) -> list:
+        return [CACHE_VERSION] + [(path.name, path.stat().st_size) for path in self.required_files()]
+
+    def prepare_data(self) -> None:
+        """Download if needed and decode once; later runs load the cached tensors (a few hundred ms)."""
+        if self.cache_is_current():
+            return
+        self.ensure_files()
+        arrays = self.decode()
+        arrays["fingerprint"] = self.fingerprint()
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = self.cache_path.with_name(f".{self.cache_path.name}.{os.getpid()}.part")
+        torch.save(arrays, partial)
+        os.replace(partial, self.cache_path)  # atomic: a killed run never leaves a half-written cache
+
+    def cache_is_current(self) -> bool:
+        if not self.cache_path.exists():
+            return False
+        if self.missing_files():
+            return True  # the decoded cache is all there is, and all a run needs
+        # mmap: reads the small fingerprint without loading the images
+        return torch.load(self.cache_path, mmap=True)["fingerprint"] == self.fingerprint()
+
+    # --- splits and batches ---------------------------------------------------------------------
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return ((images.float() / 255.0) - self.mean) / self.std
+
+    def load_splits(self):
+        self.prepare_data()
+        arrays = torch.load(self.cache_path)
+        train = (self.normalise(arrays["train_x"]), arrays["train_y"].long())
+        test = (self.normalise(arrays["test_x"]), arrays["test_y"].long())
+        train, val = stratified_split(*train, self.val_fraction, self.seed)
+        return {"train": train, "val": val, "test": test}
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Augment training batches only, whole batch at a time."""
+        if self.trainer is None or not self.trainer.training or not (self.crop_padding or self.flip):
+            return batch
+        x, y = batch
+        if self.crop_padding:
+            x = random_crop(x, self.crop_padding, self.augment_generator)
+        if self.flip:
+            x = random_flip(x, self.augment_generator)
+        return x, y

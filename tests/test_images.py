@@ -1,0 +1,224 @@
+"""MNIST-format (IDX) and CIFAR-10-format (pickle) readers on small files generated here in the real formats:
+decode-once cache, truncated files, checksum mismatches, verified atomic downloads, augmentation, splits."""
+import functools
+import gzip
+import hashlib
+import http.server
+import io
+import pickle
+import struct
+import tarfile
+import threading
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from pipeline.data.cifar10 import CIFAR10DataModule
+from pipeline.data.images import random_crop, random_flip
+from pipeline.data.mnist import IDXImageDataModule, read_idx
+from pipeline.errors import DataError
+from pipeline.train import run
+
+RNG = np.random.default_rng(0)
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    return struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def write_mnist(folder, n_train=200, n_test=50, gz=True):
+    """A tiny MNIST in the official layout; each class is a bright square at its own place, so it is learnable."""
+    folder.mkdir(parents=True, exist_ok=True)
+    md5s = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n, dtype=np.uint8) % 10
+        images = RNG.integers(0, 40, size=(n, 28, 28), dtype=np.uint8)
+        for i, label in enumerate(labels):
+            images[i, 2 * label:2 * label + 6, 2 * label:2 * label + 6] = 255
+        for kind, array in (("images-idx3-ubyte", images), ("labels-idx1-ubyte", labels)):
+            data = idx_bytes(array)
+            name = f"{prefix}-{kind}" + (".gz" if gz else "")
+            content = gzip.compress(data) if gz else data
+            (folder / name).write_bytes(content)
+            md5s[name] = hashlib.md5(content).hexdigest()
+    return md5s
+
+
+def write_cifar(folder, per_batch=40, test=40):
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        n = test if name == "test_batch" else per_batch
+        labels = [i % 10 for i in range(n)]
+        data = RNG.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
+                 b"filenames": [f"{i}.png".encode() for i in range(n)]}
+        with open(folder / name, "wb") as handle:
+            pickle.dump(batch, handle, protocol=2)
+    return names
+
+
+def mnist_module(tmp_path, **overrides):
+    settings = dict(name="mnist", input_shape=[1, 28, 28], num_classes=10, root=str(tmp_path / "data"),
+                    folder="MNIST/raw", cache_dir=str(tmp_path / "cache"), mean=[0.1307], std=[0.3081],
+                    batch_size=32, val_fraction=0.2, seed=0, files={}, mirrors=[], download=False)
+    settings.update(overrides)
+    return IDXImageDataModule(**settings)
+
+
+def cifar_module(tmp_path, **overrides):
+    settings = dict(name="cifar10", input_shape=[3, 32, 32], num_classes=10, root=str(tmp_path / "data"),
+                    folder="cifar-10-batches-py", cache_dir=str(tmp_path / "cache"), mean=[0.5] * 3,
+                    std=[0.25] * 3, crop_padding=4, flip=True, batch_size=32, val_fraction=0.2, seed=0,
+                    archive_url="http://127.0.0.1:9/none.tar.gz", archive_md5="0" * 32, download=False)
+    settings.update(overrides)
+    return CIFAR10DataModule(**settings)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_reads_gz_or_unpacked_and_caches_once(tmp_path, gz):
+    write_mnist(tmp_path / "data" / "MNIST" / "raw", gz=gz)
+    module = mnist_module(tmp_path)
+    module.setup()
+    x, y = module.splits["train"]
+    assert x.shape == (160, 1, 28, 28) and x.dtype == torch.float32
+    assert module.splits["val"][0].shape[0] == 40 and module.splits["test"][0].shape[0] == 50
+    assert float(x.max()) == pytest.approx((1.0 - 0.1307) / 0.3081)  # normalised: 255 -> (1 - mean) / std
+    # stratified: every class in both train and val
+    assert set(y.tolist()) == set(module.splits["val"][1].tolist()) == set(range(10))
+    cache = tmp_path / "cache" / "mnist.pt"
+    assert cache.exists()
+    stamp = cache.stat().st_mtime_ns
+    again = mnist_module(tmp_path)
+    again.setup()
+    assert cache.stat().st_mtime_ns == stamp  # not decoded again
+    assert torch.equal(again.splits["train"][0], x)  # same seed, same split
+
+
+def test_truncated_idx_file_is_a_clear_error_and_writes_no_cache(tmp_path):
+    folder = tmp_path / "data" / "MNIST" / "raw"
+    write_mnist(folder, gz=False)
+    path = folder / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match="train-images-idx3-ubyte: truncated"):
+        mnist_module(tmp_path).setup()
+    assert not (tmp_path / "cache" / "mnist.pt").exists()
+
+
+def test_truncated_gzip_is_a_clear_error(tmp_path):
+    folder = tmp_path / "data" / "MNIST" / "raw"
+    write_mnist(folder)
+    path = folder / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: truncated or corrupt gzip"):
+        read_idx(path)
+
+
+def test_missing_files_offline_say_where_to_put_them(tmp_path):
+    module = mnist_module(tmp_path, download=True, mirrors=["http://127.0.0.1:9/"],
+                          files={"train-images-idx3-ubyte.gz": "0" * 32, "train-labels-idx1-ubyte.gz": "0" * 32,
+                                 "t10k-images-idx3-ubyte.gz": "0" * 32, "t10k-labels-idx1-ubyte.gz": "0" * 32})
+    with pytest.raises(DataError) as error:
+        module.setup()
+    message = str(error.value)
+    assert "train-images-idx3-ubyte.gz" in message and str(tmp_path / "data" / "MNIST" / "raw") in message
+    assert "PIPELINE_DATA_DIR" in message and "download failed" in message
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """A real HTTP server on localhost that serves tmp_path/served (stands in for the dataset's mirror)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+def test_download_verifies_checksums_and_then_trains(http_folder, tmp_path, compose_config):
+    served, url = http_folder
+    md5s = write_mnist(served)
+    cfg = compose_config("data=mnist", "model=lenet", "trainer=debug", "logger=none", "callbacks=none",
+                         f"data.root={tmp_path}/data", f"data.cache_dir={tmp_path}/cache", "data.val_fraction=0.2")
+    datamodule = instantiate(cfg.data, mirrors=[url], files=md5s)
+    datamodule.setup()
+    for name in md5s:
+        assert (tmp_path / "data" / "MNIST" / "raw" / name).read_bytes() == (served / name).read_bytes()
+    assert not list((tmp_path / "data" / "MNIST" / "raw").glob(".*part"))
+    # the whole pipeline on the downloaded copy
+    metrics = run(cfg, overrides=[])
+    assert 0 <= metrics["test/acc"] <= 1
+
+
+def test_checksum_mismatch_writes_nothing(http_folder, tmp_path):
+    served, url = http_folder
+    md5s = write_mnist(served)
+    md5s["train-images-idx3-ubyte.gz"] = "0" * 32
+    module = mnist_module(tmp_path, download=True, mirrors=[url], files=md5s)
+    with pytest.raises(DataError, match="checksum mismatch.*train-images-idx3-ubyte.gz.*nothing was written"):
+        module.setup()
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    assert not (raw / "train-images-idx3-ubyte.gz").exists()
+    assert not list(raw.glob(".*part"))
+    assert not (tmp_path / "cache" / "mnist.pt").exists()
+
+
+def test_cifar_batches_decode_and_augment(tmp_path):
+    write_cifar(tmp_path / "data" / "cifar-10-batches-py")
+    module = cifar_module(tmp_path)
+    module.setup()
+    x, y = module.splits["train"]
+    assert x.shape == (160, 3, 32, 32) and module.splits["test"][0].shape == (40, 3, 32, 32)
+    assert set(y.tolist()) == set(range(10))
+
+
+def test_cifar_download_unpacks_the_verified_archive(http_folder, tmp_path):
+    served, url = http_folder
+    staging = tmp_path / "staging"
+    write_cifar(staging / "cifar-10-batches-py")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(staging / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    (served / "cifar-10-python.tar.gz").write_bytes(buffer.getvalue())
+    good = hashlib.md5(buffer.getvalue()).hexdigest()
+
+    bad = cifar_module(tmp_path, download=True, archive_url=url + "cifar-10-python.tar.gz", archive_md5="f" * 32)
+    with pytest.raises(DataError, match="checksum mismatch"):
+        bad.setup()
+    assert not (tmp_path / "data" / "cifar-10-batches-py").exists()
+    assert not [p for p in (tmp_path / "data").iterdir()]  # no scratch folder left behind
+
+    module = cifar_module(tmp_path, download=True, archive_url=url + "cifar-10-python.tar.gz", archive_md5=good)
+    module.setup()
+    assert module.splits["train"][0].shape == (160, 3, 32, 32)
+
+
+def test_truncated_cifar_batch_is_a_clear_error_and_writes_no_cache(tmp_path):
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    write_cifar(folder)
+    (folder / "data_batch_3").write_bytes((folder / "data_batch_3").read_bytes()[:5000])
+    with pytest.raises(DataError, match="data_batch_3: truncated or not a CIFAR-10 batch"):
+        cifar_module(tmp_path).setup()
+    assert not (tmp_path / "cache" / "cifar10.pt").exists()
+
+
+def test_batch_augmentation_crops_and_flips_whole_batches():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    cropped = random_crop(x, 2, generator)
+    assert cropped.shape == x.shape
+    # every crop is a shifted window of the zero-padded image
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(2):
+        windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(cropped[i], window) for window in windows)
+    flipped = random_flip(x, torch.Generator().manual_seed(1))
+    for i in range(2):
+        assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(2))
+    assert torch.equal(random_crop(x, 2, torch.Generator().manual_seed(5)),
+                       random_crop(x, 2, torch.Generator().manual_seed(5)))
