@@ -55,7 +55,8 @@ def wait_for_running(tracking_uri: str, count: int, process, limit: float = 90):
             _, runs = all_runs(tracking_uri)
         except Exception:  # the store is still being created
             runs = []
-        if len([r for r in runs if r.info.status == "RUNNING"]) >= count:
+        # running, and inside the training loop (an epoch has been logged)
+        if len([r for r in runs if r.info.status == "RUNNING" and "train/loss" in r.data.metrics]) >= count:
             return
         time.sleep(0.5)
     raise AssertionError("no run started")
@@ -68,13 +69,13 @@ def test_ctrl_c_marks_runs_killed(tmp_path, tracking_uri, sweep):
                f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep"]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_running(tracking_uri, 2 if sweep else 1, process)
-        time.sleep(2)  # well inside the training loop
+        wait_for_running(tracking_uri, 1, process)
         process.send_signal(signal.SIGINT)
-        process.wait(timeout=60)
+        _, stderr = process.communicate(timeout=90)
     finally:
         process.kill()
     assert process.returncode != 0
     _, runs = all_runs(tracking_uri)
-    assert len(runs) == (2 if sweep else 1)
-    assert {r.info.status for r in runs} == {"KILLED"}
+    assert len(runs) == (2 if sweep else 1), stderr[-3000:]  # a sweep: its parent and the running child
+    assert {r.info.status for r in runs} == {"KILLED"}, (
+        [(r.info.run_name, r.info.status) for r in runs], stderr[-3000:])

@@ -31,3 +31,8 @@ def test_sweep_makes_a_parent_with_four_named_children_and_a_summary(run_py, tra
     for child in children:
         assert child.info.run_name in summary and child.info.run_id in summary
     assert f"{best.info.run_name} (best)" in summary
+    # the convergence comparison: one PNG with every child's validation curves
+    artifacts = [a.path for a in client.list_artifacts(parent.info.run_id, "sweep")]
+    assert "sweep/curves.png" in artifacts
+    png = client.download_artifacts(parent.info.run_id, "sweep/curves.png")
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

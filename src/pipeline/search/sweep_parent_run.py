@@ -49,6 +49,24 @@ def swept_keys(config: DictConfig) -> list[str]:
     return keys + list(config.hydra.sweeper.get("params") or {})
 
 
+CURVES = ["val/loss", "val/acc"]
+
+
+def log_curves(client, parent_run_id: str, children) -> None:
+    """Plot every child's per-epoch validation loss and accuracy on shared axes, as sweep/curves.png."""
+    import tempfile
+    from pathlib import Path
+
+    from pipeline.viz.sweep_curves import plot_sweep_curves
+
+    histories = {child.info.run_name: {metric: [m.value for m in sorted(
+        client.get_metric_history(child.info.run_id, metric), key=lambda m: m.step)] for metric in CURVES}
+        for child in children}
+    with tempfile.TemporaryDirectory() as folder:
+        path = plot_sweep_curves(histories, CURVES, Path(folder) / "curves.png")
+        client.log_artifact(parent_run_id, str(path), "sweep")
+
+
 def summarise(client, parent_run_id: str, objective: str, direction: str) -> dict | None:
     """Log a table of the children and their objective on the parent, and tag the best child."""
     parent = client.get_run(parent_run_id)
@@ -71,6 +89,7 @@ def summarise(client, parent_run_id: str, objective: str, direction: str) -> dic
                      f"| {row['run_id']} |")
     text = f"Sweep summary: {len(rows)} runs, objective {objective} ({direction})\n\n" + "\n".join(lines) + "\n"
     client.log_text(parent_run_id, text, "sweep/summary.md")
+    log_curves(client, parent_run_id, children)
     client.log_metric(parent_run_id, "sweep/children", len(rows))
     if best is not None:
         client.set_tag(parent_run_id, "best_run_id", best["run_id"])
