@@ -85,3 +85,19 @@ def test_mlp_solves_toy_sets_that_softmax_regression_cannot(compose_config, data
         linear = run(compose_config(f"data={data}", "model=linear", "trainer.max_epochs=30", "logger=none",
                                     "callbacks=none", "optimizer.lr=0.01"), overrides=[])
         assert linear["test/acc"] < 0.75
+
+
+def test_classification_run_logs_confusion_matrix_and_misclassified_grid(compose_config, tracking_uri):
+    run(compose_config("trainer.max_epochs=1", "model=linear", "optimizer=sgd", "optimizer.lr=0.001"), overrides=[])
+    client, runs = all_runs(tracking_uri)
+    plots = {a.path for a in client.list_artifacts(runs[0].info.run_id, "plots")}
+    assert plots == {"plots/confusion_matrix.png", "plots/misclassified.png"}
+    for name in plots:
+        assert open(client.download_artifacts(runs[0].info.run_id, name), "rb").read(4) == b"\x89PNG"
+
+
+def test_confusion_matrix_counts_true_rows_and_predicted_columns():
+    from pipeline.viz.classification import confusion_matrix
+
+    matrix = confusion_matrix(torch.tensor([0, 0, 1, 2, 2, 2]), torch.tensor([0, 1, 1, 2, 2, 0]), 3)
+    assert matrix.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]

@@ -125,6 +125,17 @@ def log_model(model, example_input) -> None:
                                  code_paths=[str(Path(pipeline.__file__).parent)], **common)
 
 
+def log_plots(make_plots, *args) -> None:
+    """Run `make_plots(*args, folder)` in a scratch folder and log the files it returns under plots/."""
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as folder:
+        for path in make_plots(*args, Path(folder)):
+            mlflow.log_artifact(str(path), "plots")
+
+
 def _first_line(error: BaseException) -> str:
     return next(iter(str(error).strip().splitlines()), type(error).__name__)
 

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from pipeline import tracking
 from pipeline.checks import check_config, check_model_fits_data
+from pipeline.viz.classification import classification_plots
 
 log = logging.getLogger(__name__)
 # Lightning advertises a cloud logger at every start; users of this pipeline have MLflow.
@@ -78,6 +79,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str 
         if mlflow_run is not None:
             example = next(iter(datamodule.test_dataloader()))[0][:8]
             tracking.log_model(model, example)
+            tracking.log_plots(classification_plots, model, datamodule)
             log.info("MLflow run %s (%s) in %s", mlflow_run.info.run_id, run_name, cfg.logger.tracking_uri)
 
     summary = "  ".join(f"{key}={value:.4f}" for key, value in sorted(metrics.items()) if key.startswith("test/"))

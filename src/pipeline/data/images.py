@@ -119,13 +119,17 @@ class ImageDataModule(InMemoryDataModule):
         train, val = stratified_split(*train, self.val_fraction, self.seed)
         return {"train": train, "val": val, "test": test}
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Augment training batches only, whole batch at a time."""
-        if self.trainer is None or not self.trainer.training or not (self.crop_padding or self.flip):
-            return batch
-        x, y = batch
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Random crop and flip of a whole training batch (a no-op when both are off)."""
         if self.crop_padding:
             x = random_crop(x, self.crop_padding, self.augment_generator)
         if self.flip:
             x = random_flip(x, self.augment_generator)
-        return x, y
+        return x
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Lightning's hook after the batch reached its device: augment training batches only."""
+        if self.trainer is None or not self.trainer.training:
+            return batch
+        x, y = batch
+        return self.augment(x), y

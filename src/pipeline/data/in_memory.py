@@ -22,9 +22,10 @@ class InMemoryDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, name: str, input_shape, num_classes: int, root: str, batch_size: int,
-                 val_fraction: float, seed: int, test_fraction: float | None = None):
+                 val_fraction: float, seed: int, test_fraction: float | None = None, class_names=None):
         super().__init__()
         self.name = name
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
         self.root = root

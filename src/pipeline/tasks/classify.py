@@ -13,13 +13,17 @@ class Classifier(pl.LightningModule):
     """
 
     def __init__(self, model: nn.Module, optimizer, num_classes: int, scheduler=None,
-                 log_every_step: bool = False):
+                 log_every_step: bool = False, label_smoothing: float = 0.0, channels_last: bool = False):
         super().__init__()
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.log_every_step = log_every_step
-        self.loss = nn.CrossEntropyLoss()
+        # channels_last: convolutions on CPU (oneDNN) and tensor cores run ~25% faster in NHWC layout.
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.acc = nn.ModuleDict({stage: MulticlassAccuracy(num_classes, average="micro")
                                   for stage in ("train_", "val_", "test_")})
         self.mean_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("train_", "val_", "test_")})
@@ -30,6 +34,8 @@ class Classifier(pl.LightningModule):
 
     def _step(self, batch, stage: str):
         x, y = batch
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         logits = self.model(x)
         loss = self.loss(logits, y)
         # ModuleDict keys can't be "train" (a Module attribute), hence the trailing underscore.
@@ -65,6 +71,10 @@ class Classifier(pl.LightningModule):
         optimizer = self.optimizer(params=self.parameters())
         if self.scheduler is None:
             return optimizer
+        if getattr(self.scheduler, "func", None) is torch.optim.lr_scheduler.OneCycleLR:
+            # One-cycle schedules are defined over the whole run's steps, which only the trainer knows.
+            scheduler = self.scheduler(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer),
                                                           "interval": "epoch"}}
 

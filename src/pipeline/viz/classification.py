@@ -1,0 +1,92 @@
+"""What a user checks after a classification run: the confusion matrix and the test images the model got wrong."""
+from pathlib import Path
+
+import torch
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs, labels and predicted classes over a whole split, in eval mode."""
+    model.eval()
+    inputs, labels, predictions = [], [], []
+    for x, y in batches:
+        inputs.append(x)
+        labels.append(y)
+        predictions.append(model(x).argmax(dim=-1))
+    return torch.cat(inputs), torch.cat(labels), torch.cat(predictions)
+
+
+def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Row = true class, column = predicted class."""
+    return torch.bincount(labels * num_classes + predictions, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion_matrix(matrix: torch.Tensor, class_names: list[str], path: Path) -> Path:
+    plt = _pyplot()
+    n = len(matrix)
+    figure, axis = plt.subplots(figsize=(max(5, 0.55 * n + 2), max(4, 0.5 * n + 1.5)))
+    image = axis.imshow(matrix.numpy(), cmap="Blues")
+    figure.colorbar(image, ax=axis)
+    axis.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true",
+             title=f"confusion matrix (test accuracy {matrix.diag().sum().item() / max(1, matrix.sum().item()):.4f})")
+    axis.set_xticklabels(class_names, rotation=45, ha="right")
+    axis.set_yticklabels(class_names)
+    if n <= 20:
+        limit = matrix.max().item() / 2
+        for i in range(n):
+            for j in range(n):
+                axis.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
+                          color="white" if matrix[i, j] > limit else "black")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_misclassified(images: torch.Tensor, labels, predictions, class_names: list[str], path: Path,
+                       limit: int = 36) -> Path | None:
+    """A grid of up to `limit` wrongly classified images, titled `true -> predicted`. Images are min-max scaled
+    per image for display, so this works whatever normalisation the data used."""
+    wrong = (labels != predictions).nonzero().flatten()[:limit]
+    if len(wrong) == 0:
+        return None
+    plt = _pyplot()
+    columns = 6
+    rows = (len(wrong) + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, index in zip(axes.flat, wrong.tolist()):
+        image = images[index].float()
+        image = (image - image.min()) / (image.max() - image.min() + 1e-8)
+        if image.shape[0] == 1:
+            axis.imshow(image[0].numpy(), cmap="gray")
+        else:
+            axis.imshow(image.permute(1, 2, 0).numpy())
+        axis.set_title(f"{class_names[labels[index]]} → {class_names[predictions[index]]}", fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def classification_plots(model, datamodule, folder: Path) -> list[Path]:
+    """Write the confusion matrix (every run) and the misclassified grid (image data) of the test split."""
+    images, labels, predictions = predict(model, datamodule.test_dataloader())
+    names = datamodule.class_names
+    paths = [plot_confusion_matrix(confusion_matrix(labels, predictions, datamodule.num_classes), names,
+                                   folder / "confusion_matrix.png")]
+    if images.dim() == 4:
+        grid = plot_misclassified(images, labels, predictions, names, folder / "misclassified.png")
+        if grid is not None:
+            paths.append(grid)
+    return paths
