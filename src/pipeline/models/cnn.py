@@ -1,8 +1,8 @@
 """A plain convolutional network: the smallest step up from the MLP that uses the image's 2-D structure."""
-import torch
 from torch import nn
 
 from pipeline.models.activations import activation as make_activation
+from pipeline.models.parts import image_shape, output_shape, pooled_head
 
 
 class CNN(nn.Module):
@@ -15,10 +15,7 @@ class CNN(nn.Module):
     def __init__(self, input_shape, num_classes: int, channels, pool_after, activation: str = "relu",
                  dropout: float = 0.0, batchnorm: bool = False):
         super().__init__()
-        if len(input_shape) != 3:
-            raise ValueError(f"model CNN needs image inputs (channels, height, width); "
-                             f"got input_shape {list(input_shape)}")
-        shape = tuple(int(d) for d in input_shape)
+        shape = image_shape("CNN", input_shape)
         pool_after = list(pool_after)
         in_range = all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(channels) for i in pool_after)
         if not in_range or len(set(pool_after)) != len(pool_after):
@@ -41,15 +38,7 @@ class CNN(nn.Module):
             channels_in = channels_out
         self.features = nn.Sequential(*layers)
 
-        # One dummy image checks the stack and measures its output (in eval mode: BatchNorm's stats stay as they are).
-        with torch.no_grad():
-            in_features = self.features.eval()(torch.zeros(1, *shape)).shape[1]
-        self.features.train()
-
-        layers = [nn.Dropout(dropout)] if dropout > 0 else []
-        self.classifier = nn.Sequential(*layers, nn.Linear(in_features, num_classes))
+        self.classifier = pooled_head(output_shape(self.features, shape)[0], num_classes, dropout)
 
     def forward(self, x):
-        # Global average pooling as a mean, not nn.AdaptiveAvgPool2d: that one's CUDA backward has no deterministic
-        # implementation, so it fails under the trainer's deterministic=true.
-        return self.classifier(self.features(x).mean(dim=(2, 3)))
+        return self.classifier(self.features(x))

@@ -1,8 +1,8 @@
 """LeNet-5: the first convolutional network, small enough to read and to train on a CPU in minutes."""
-import torch
 from torch import nn
 
 from pipeline.models.activations import activation as make_activation
+from pipeline.models.parts import fully_connected_head, image_shape, output_shape
 
 
 class LeNet(nn.Module):
@@ -15,10 +15,7 @@ class LeNet(nn.Module):
     def __init__(self, input_shape, num_classes: int, channels, fc, activation: str = "relu",
                  dropout: float = 0.0, batchnorm: bool = False):
         super().__init__()
-        if len(input_shape) != 3:
-            raise ValueError(f"model LeNet needs image inputs (channels, height, width); "
-                             f"got input_shape {list(input_shape)}")
-        shape = tuple(int(d) for d in input_shape)
+        shape = image_shape("LeNet", input_shape)
         channels_in, height, width = shape
         layers = []
         for channels_out in channels:
@@ -32,21 +29,8 @@ class LeNet(nn.Module):
             channels_in, height, width = channels_out, height // 2, width // 2
         self.features = nn.Sequential(*layers)
 
-        # One dummy image measures the flattened size (in eval mode, so BatchNorm's running stats stay as they are).
-        with torch.no_grad():
-            in_features = self.features.eval()(torch.zeros(1, *shape)).numel()
-        self.features.train()
-
-        layers = [nn.Flatten()]
-        for out_features in fc:
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            layers += [nn.Linear(in_features, out_features), make_activation(activation)]
-            in_features = out_features
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-        layers.append(nn.Linear(in_features, num_classes))
-        self.classifier = nn.Sequential(*layers)
+        in_features = output_shape(self.features, shape).numel()
+        self.classifier = fully_connected_head(in_features, fc, num_classes, activation, dropout)
 
     def forward(self, x):
         return self.classifier(self.features(x))

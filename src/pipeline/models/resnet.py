@@ -1,8 +1,8 @@
 """ResNet for small images (the CIFAR variant): residual connections let a deep stack of convolutions train."""
-import torch
 from torch import nn
 
 from pipeline.models.activations import activation as make_activation
+from pipeline.models.parts import image_shape, output_shape, pooled_head
 
 
 def _norm(channels: int, batchnorm: bool) -> nn.Module:
@@ -46,10 +46,7 @@ class ResNet(nn.Module):
     def __init__(self, input_shape, num_classes: int, width, stages, activation: str = "relu",
                  dropout: float = 0.0, batchnorm: bool = False):
         super().__init__()
-        if len(input_shape) != 3:
-            raise ValueError(f"model ResNet needs image inputs (channels, height, width); "
-                             f"got input_shape {list(input_shape)}")
-        shape = tuple(int(d) for d in input_shape)
+        shape = image_shape("ResNet", input_shape)
         if not (isinstance(width, int) and not isinstance(width, bool) and width >= 1):
             raise ValueError(f"model.width={width!r} is invalid: must be an integer >= 1 (the stem's channels)")
         if not (len(stages) >= 1 and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in stages)):
@@ -66,15 +63,7 @@ class ResNet(nn.Module):
                 channels_in = channels_out
         self.features = nn.Sequential(*layers)
 
-        # One dummy image checks the stack and measures its output (in eval mode: BatchNorm's stats stay as they are).
-        with torch.no_grad():
-            in_features = self.features.eval()(torch.zeros(1, *shape)).shape[1]
-        self.features.train()
-
-        layers = [nn.Dropout(dropout)] if dropout > 0 else []
-        self.classifier = nn.Sequential(*layers, nn.Linear(in_features, num_classes))
+        self.classifier = pooled_head(output_shape(self.features, shape)[0], num_classes, dropout)
 
     def forward(self, x):
-        # Global average pooling as a mean, not nn.AdaptiveAvgPool2d: that one's CUDA backward has no deterministic
-        # implementation, so it fails under the trainer's deterministic=true.
-        return self.classifier(self.features(x).mean(dim=(2, 3)))
+        return self.classifier(self.features(x))

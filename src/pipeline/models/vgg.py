@@ -1,8 +1,8 @@
 """VGG: stacks of 3x3 convolutions between 2x2 maxpools, the block list spelled out in the config."""
-import torch
 from torch import nn
 
 from pipeline.models.activations import activation as make_activation
+from pipeline.models.parts import fully_connected_head, image_shape, output_shape
 
 
 class VGG(nn.Module):
@@ -12,10 +12,7 @@ class VGG(nn.Module):
     def __init__(self, input_shape, num_classes: int, blocks, fc, activation: str = "relu",
                  dropout: float = 0.0, batchnorm: bool = False):
         super().__init__()
-        if len(input_shape) != 3:
-            raise ValueError(f"model VGG needs image inputs (channels, height, width); "
-                             f"got input_shape {list(input_shape)}")
-        shape = tuple(int(d) for d in input_shape)
+        shape = image_shape("VGG", input_shape)
         channels_in, height, width = shape
         layers = []
         for block in blocks:
@@ -36,21 +33,8 @@ class VGG(nn.Module):
                                  f"an integer >= 1 (a conv3x3 with that many channels) or \"M\" (a 2x2 maxpool)")
         self.features = nn.Sequential(*layers)
 
-        # One dummy image measures the flattened size (in eval mode, so BatchNorm's running stats stay as they are).
-        with torch.no_grad():
-            in_features = self.features.eval()(torch.zeros(1, *shape)).numel()
-        self.features.train()
-
-        layers = [nn.Flatten()]
-        for out_features in fc:
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            layers += [nn.Linear(in_features, out_features), make_activation(activation)]
-            in_features = out_features
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-        layers.append(nn.Linear(in_features, num_classes))
-        self.classifier = nn.Sequential(*layers)
+        in_features = output_shape(self.features, shape).numel()
+        self.classifier = fully_connected_head(in_features, fc, num_classes, activation, dropout)
 
     def forward(self, x):
         return self.classifier(self.features(x))
