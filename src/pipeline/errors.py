@@ -7,3 +7,7 @@ class ConfigError(ValueError):
 
 class DataError(ConfigError):
     """A dataset that is missing, truncated or fails its checksum; the message says which file and what to do."""
+
+
+class ChecksumError(DataError):
+    """Downloaded bytes that are not the published file: never retried silently, never kept."""

@@ -4,7 +4,7 @@ import os
 import urllib.request
 from pathlib import Path
 
-from pipeline.errors import DataError
+from pipeline.errors import ChecksumError, DataError
 
 
 def md5_of(path: Path) -> str:
@@ -37,7 +37,7 @@ def download(urls: list[str], destination: Path, md5: str, timeout: float = 60) 
             continue
         if digest.hexdigest() != md5:
             partial.unlink(missing_ok=True)
-            raise DataError(f"checksum mismatch for {url}: md5 {digest.hexdigest()}, expected {md5}; "
+            raise ChecksumError(f"checksum mismatch for {url}: md5 {digest.hexdigest()}, expected {md5}; "
                             f"nothing was written to {destination}")
         os.replace(partial, destination)
         return destination

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from pipeline.data.in_memory import InMemoryDataModule, stratified_split
-from pipeline.errors import DataError
+from pipeline.errors import ChecksumError, DataError
 
 CACHE_VERSION = 1  # bump when the decoded layout changes, so old caches are rebuilt
 
@@ -63,22 +63,22 @@ class ImageDataModule(InMemoryDataModule):
     def ensure_files(self) -> None:
         if not self.missing_files():
             return
+        reason = "data.download=false"
         if self.download:
             try:
                 self.fetch()
-            except DataError as error:
-                if "checksum" in str(error):
-                    raise
+            except ChecksumError:
+                raise
+            except DataError as error:  # offline, or the server refused: say where the files should go
                 reason = f"download failed: {error}"
             else:
-                reason = ""
-        else:
-            reason = "data.download=false"
+                reason = "the download did not provide them"
         missing = self.missing_files()
         if missing:
             names = ", ".join(path.name for path in missing)
+            layout = self.folder.relative_to(self.root)
             raise DataError(f"data={self.name}: {names} not found in {self.folder} ({reason}). Put the files "
-                            f"there, or set PIPELINE_DATA_DIR (data.root) to a folder that has {self.folder.relative_to(self.root)}/")
+                            f"there, or set PIPELINE_DATA_DIR (data.root) to a folder that has {layout}/")
 
     @property
     def cache_path(self) -> Path:
