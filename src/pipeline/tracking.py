@@ -125,15 +125,17 @@ def log_model(model, example_input) -> None:
                                  code_paths=[str(Path(pipeline.__file__).parent)], **common)
 
 
-def log_plots(make_plots, *args) -> None:
-    """Run `make_plots(*args, folder)` in a scratch folder and log the files it returns under plots/."""
+def log_generated_files(run_id: str, artifact_dir: str, make_files, client=None) -> None:
+    """Let `make_files(folder)` write files (plots) into a scratch folder and log the ones it returns under
+    `artifact_dir`. Without a client, MLflow's current tracking URI is used."""
     import tempfile
 
     import mlflow
 
+    client = client or mlflow.MlflowClient()
     with tempfile.TemporaryDirectory() as folder:
-        for path in make_plots(*args, Path(folder)):
-            mlflow.log_artifact(str(path), "plots")
+        for path in make_files(Path(folder)):
+            client.log_artifact(run_id, str(path), artifact_dir)
 
 
 def _first_line(error: BaseException) -> str:

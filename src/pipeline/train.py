@@ -1,5 +1,6 @@
 """run(cfg): the one place where a composed config becomes objects, a fit, a test and a tracked result."""
 import contextlib
+import functools
 import logging
 import os
 import warnings
@@ -79,7 +80,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str 
         if mlflow_run is not None:
             example = next(iter(datamodule.test_dataloader()))[0][:8]
             tracking.log_model(model, example)
-            tracking.log_plots(classification_plots, model, datamodule)
+            tracking.log_generated_files(mlflow_run.info.run_id, "plots",
+                                         functools.partial(classification_plots, model, datamodule))
             log.info("MLflow run %s (%s) in %s", mlflow_run.info.run_id, run_name, cfg.logger.tracking_uri)
 
     summary = "  ".join(f"{key}={value:.4f}" for key, value in sorted(metrics.items()) if key.startswith("test/"))

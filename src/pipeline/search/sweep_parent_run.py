@@ -54,17 +54,13 @@ CURVES = ["val/loss", "val/acc"]
 
 def log_curves(client, parent_run_id: str, children) -> None:
     """Plot every child's per-epoch validation loss and accuracy on shared axes, as sweep/curves.png."""
-    import tempfile
-    from pathlib import Path
-
     from pipeline.viz.sweep_curves import plot_sweep_curves
 
     histories = {child.info.run_name: {metric: [m.value for m in sorted(
         client.get_metric_history(child.info.run_id, metric), key=lambda m: m.step)] for metric in CURVES}
         for child in children}
-    with tempfile.TemporaryDirectory() as folder:
-        path = plot_sweep_curves(histories, CURVES, Path(folder) / "curves.png")
-        client.log_artifact(parent_run_id, str(path), "sweep")
+    tracking.log_generated_files(
+        parent_run_id, "sweep", lambda folder: [plot_sweep_curves(histories, CURVES, folder / "curves.png")], client)
 
 
 def summarise(client, parent_run_id: str, objective: str, direction: str) -> dict | None:
