@@ -1,7 +1,10 @@
 """Shared helpers: compose the real conf/ with Hydra, run the real run.py, read the real MLflow store."""
+import functools
+import http.server
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -55,3 +58,16 @@ def all_runs(tracking_uri: str):
     client = mlflow.MlflowClient(tracking_uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     return client, client.search_runs(experiments) if experiments else []
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """A real HTTP server on localhost that serves tmp_path/served (stands in for the dataset's mirror)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()

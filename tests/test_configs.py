@@ -22,16 +22,25 @@ DATA, MODELS, OPTIMIZERS, REGULARIZATIONS, SCHEDULERS = (
 TRAINERS, LOGGERS, CALLBACKS = options("trainer"), options("logger"), options("callbacks")
 OFFLINE_DATA = ["digits", "moons", "spirals", "xor"]  # no files needed; image sets are tested in test_images.py
 IMAGE_DATA = {"digits", "mnist", "fashion_mnist", "cifar10"}
-VECTOR_MODELS = {"linear", "mlp"}  # flatten any input; the others need (channels, height, width)
+VECTOR_MODELS = {"linear", "mlp"}  # flatten any float input; the image models need (channels, height, width)
+SEQUENCE_DATA, SEQUENCE_MODELS = {"chars"}, {"rnn", "lstm", "gru"}  # token ids; tested on files in test_chars.py
 
 
 def compatible(data: str, model: str) -> bool:
+    if data in SEQUENCE_DATA or model in SEQUENCE_MODELS:
+        return data in SEQUENCE_DATA and model in SEQUENCE_MODELS
     return model in VECTOR_MODELS or data in IMAGE_DATA
+
+
+def sizes(data: str) -> list[str]:
+    """chars finds its classes in its folder; composing without the folder needs them stated."""
+    return ["data.num_classes=18", "data.vocab_size=60"] if data in SEQUENCE_DATA else []
 
 
 def test_groups_have_the_options_the_curriculum_needs():
     assert {"digits", "xor", "moons", "spirals", "mnist", "fashion_mnist", "cifar10"} <= set(DATA)
-    assert {"linear", "mlp"} <= set(MODELS)
+    assert {"linear", "mlp", "rnn", "lstm", "gru"} <= set(MODELS)
+    assert "chars" in DATA
     assert {"sgd", "momentum", "rmsprop", "adam", "adamw"} <= set(OPTIMIZERS)
     assert {"none", "weight_decay", "dropout", "batchnorm"} <= set(REGULARIZATIONS)
     assert {"none", "step", "cosine"} <= set(SCHEDULERS)
@@ -41,14 +50,18 @@ def test_groups_have_the_options_the_curriculum_needs():
 
 def test_every_data_model_regularization_combination_composes_and_builds(compose_config):
     for data, model, regularization in itertools.product(DATA, MODELS, REGULARIZATIONS):
-        cfg = compose_config(f"data={data}", f"model={model}", f"regularization={regularization}")
+        cfg = compose_config(f"data={data}", f"model={model}", f"regularization={regularization}", *sizes(data))
+        if model in SEQUENCE_MODELS and data not in SEQUENCE_DATA:  # caught at the config, before any model
+            with pytest.raises(ConfigError, match=f"but data={data} declares no data.vocab_size"):
+                check_config(cfg)
+            continue
         check_config(cfg)
         assert list(cfg.model.input_shape) == list(cfg.data.input_shape)
         assert cfg.model.dropout == cfg.regularization.dropout
         if compatible(data, model):
             check_model_fits_data(instantiate(cfg.model), cfg)
         else:
-            with pytest.raises((ConfigError, InstantiationException), match="input_shape|shape"):
+            with pytest.raises((ConfigError, InstantiationException), match="input_shape|shape|token ids"):
                 check_model_fits_data(instantiate(cfg.model), cfg)
 
 

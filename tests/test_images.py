@@ -1,14 +1,11 @@
 """MNIST-format (IDX) and CIFAR-10-format (pickle) readers on small files generated here in the real formats:
 decode-once cache, truncated files, checksum mismatches, verified atomic downloads, augmentation, splits."""
-import functools
 import gzip
 import hashlib
-import http.server
 import io
 import pickle
 import struct
 import tarfile
-import threading
 
 import numpy as np
 import pytest
@@ -125,19 +122,6 @@ def test_missing_files_offline_say_where_to_put_them(tmp_path):
     message = str(error.value)
     assert "train-images-idx3-ubyte.gz" in message and str(tmp_path / "data" / "MNIST" / "raw") in message
     assert "PIPELINE_DATA_DIR" in message and "download failed" in message
-
-
-@pytest.fixture
-def http_folder(tmp_path):
-    """A real HTTP server on localhost that serves tmp_path/served (stands in for the dataset's mirror)."""
-    served = tmp_path / "served"
-    served.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield served, f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
 
 
 def test_download_verifies_checksums_and_then_trains(http_folder, tmp_path, compose_config):

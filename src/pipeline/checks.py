@@ -3,9 +3,12 @@ import math
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationKeyError
 
+from pipeline.data.in_memory import CLASS_WEIGHTINGS
 from pipeline.errors import ConfigError
 from pipeline.models.activations import ACTIVATIONS
+from pipeline.models.recurrent import CELLS
 
 
 def _number(v) -> bool:
@@ -21,7 +24,17 @@ RULES = [
     ("seed", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
     ("threads", lambda v: v is None or (_integer(v) and v >= 1), "null or an integer >= 1"),
     ("data.batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    ("data.num_classes", lambda v: _integer(v) and v >= 2, "an integer >= 2"),
+    ("data.num_classes", lambda v: v is None or (_integer(v) and v >= 2),
+     "an integer >= 2 (or null where the data finds its classes, as data=chars does)"),
+    ("data.max_length", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("data.alphabet", lambda v: isinstance(v, str) and v and len(set(v)) == len(v),
+     "a non-empty string of distinct characters"),
+    ("model.hidden_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("model.num_layers", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("model.embedding_dim", lambda v: v is None or (_integer(v) and v >= 1), "null (one-hot) or an integer >= 1"),
+    ("model.cell", lambda v: v in CELLS, "one of " + ", ".join(CELLS)),
+    ("data.class_weighting", lambda v: v in CLASS_WEIGHTINGS, "one of " + ", ".join(CLASS_WEIGHTINGS)),
+    ("trainer.gradient_clip_val", lambda v: v is None or (_number(v) and v > 0), "null (off) or a number > 0"),
     ("data.input_shape", lambda v: isinstance(v, list) and v and all(_integer(d) and d >= 1 for d in v),
      "a non-empty list of integers >= 1"),
     ("data.val_fraction", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
@@ -54,8 +67,26 @@ def _plain(value):
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
+# What kind of data a model needs when it reads a data key that the chosen data does not declare.
+NEEDS = {"data.vocab_size": "this model reads sequences of token ids, such as data=chars"}
+
+
+def check_model_reads_declared_data(cfg: DictConfig) -> None:
+    """A model key interpolating a data key the chosen data lacks (model=lstm reads data.vocab_size, which image
+    data has not) fails with both names, not with OmegaConf's bare 'Interpolation key not found'."""
+    raw = OmegaConf.to_container(cfg.model, resolve=False) if "model" in cfg else {}
+    for key, value in raw.items():
+        try:
+            OmegaConf.select(cfg.model, key, throw_on_resolution_failure=True)
+        except InterpolationKeyError:
+            wanted = str(value).removeprefix("${").removesuffix("}")
+            raise ConfigError(f"model.{key}={value} but data={cfg.data.name} declares no {wanted}: "
+                              f"{NEEDS.get(wanted, 'choose a data option that declares it')}") from None
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError for the first key whose value is outside what the pipeline accepts."""
+    check_model_reads_declared_data(cfg)
     fractions = 0.0
     for key, accepts, allowed in RULES:
         value = _plain(OmegaConf.select(cfg, key, default=_ABSENT))
@@ -70,22 +101,32 @@ def check_config(cfg: DictConfig) -> None:
                           "their sum must be < 1")
 
 
-def check_model_fits_data(model: torch.nn.Module, cfg: DictConfig) -> None:
-    """Run one tiny forward pass so an incompatible model/data pair fails before training, not inside it."""
+def probe_input(cfg: DictConfig) -> torch.Tensor:
+    """Two stand-in samples of the data's shape: token ids (id 2, the first letter) for data with a vocabulary,
+    zeros otherwise."""
+    shape = tuple(cfg.data.input_shape)
+    if "vocab_size" in cfg.data:
+        return torch.full((2, *shape), 2, dtype=torch.long)
+    return torch.zeros(2, *shape)
+
+
+def check_model_fits_data(model: torch.nn.Module, cfg: DictConfig, example: torch.Tensor | None = None) -> None:
+    """Run one tiny forward pass (on `example`, two real samples, when given) so an incompatible model/data
+    pair fails before training, not inside it."""
     shape = tuple(cfg.data.input_shape)
     model_name = cfg.model._target_.rsplit(".", 1)[-1]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(2, *shape))
+            out = model(probe_input(cfg) if example is None else example[:2])
     except Exception as error:  # the library's message says why; we say which pair and shape
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"model {model_name} ({cfg.model._target_}) cannot take data={cfg.data.name} "
                           f"inputs of shape {list(shape)}: {reason}") from None
     finally:
         model.train(was_training)
-    expected = (2, cfg.data.num_classes)
+    expected = (len(out), cfg.data.num_classes)
     if tuple(out.shape) != expected:
         raise ConfigError(f"model {model_name} outputs shape {list(out.shape)[1:]} for data={cfg.data.name}, "
                           f"which needs {cfg.data.num_classes} class logits")

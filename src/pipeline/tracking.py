@@ -125,6 +125,13 @@ def log_model(model, example_input) -> None:
                                  code_paths=[str(Path(pipeline.__file__).parent)], **common)
 
 
+def log_dict(run_id: str, values: dict, artifact_file: str) -> None:
+    """A small JSON artifact (e.g. the class names and vocabulary that using a logged model needs)."""
+    import mlflow
+
+    mlflow.MlflowClient().log_dict(run_id, values, artifact_file)
+
+
 def log_generated_files(run_id: str, artifact_dir: str, make_files, client=None) -> None:
     """Let `make_files(folder)` write files (plots) into a scratch folder and log the ones it returns under
     `artifact_dir`. Without a client, MLflow's current tracking URI is used."""

@@ -47,6 +47,14 @@ def build_logger(cfg: DictConfig, run) -> pl.loggers.Logger | bool:
     return instantiate(cfg.logger)
 
 
+def fill_from_data(cfg: DictConfig, datamodule) -> None:
+    """Sizes a data config leaves null (chars: the classes are the language files found) take the loaded data's
+    values, so models interpolating them and the tracked params see real numbers."""
+    for key in ("num_classes", "vocab_size"):
+        if key in cfg.data and cfg.data[key] is None:
+            cfg.data[key] = int(getattr(datamodule, key))
+
+
 def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str | None = None,
         swept_keys: list[str] | None = None) -> dict[str, float]:
     """Train, test and track the experiment `cfg` describes; return its final train/val/test metrics."""
@@ -60,8 +68,9 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str 
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    fill_from_data(cfg, datamodule)
     model = instantiate(cfg.model)
-    check_model_fits_data(model, cfg)
+    check_model_fits_data(model, cfg, example=datamodule.splits["train"][0][:2])
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     task = instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
 
@@ -80,7 +89,9 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str 
         if mlflow_run is not None:
             example = next(iter(datamodule.test_dataloader()))[0][:8]
             tracking.log_model(model, example)
-            tracking.log_generated_files(mlflow_run.info.run_id, "plots",
+            mlflow_run_id = mlflow_run.info.run_id
+            tracking.log_dict(mlflow_run_id, datamodule.describe(), "data/description.json")
+            tracking.log_generated_files(mlflow_run_id, "plots",
                                          functools.partial(classification_plots, model, datamodule))
             log.info("MLflow run %s (%s) in %s", mlflow_run.info.run_id, run_name, cfg.logger.tracking_uri)
 

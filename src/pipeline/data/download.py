@@ -15,8 +15,11 @@ def md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(urls: list[str], destination: Path, md5: str, timeout: float = 60) -> Path:
+def download(urls: list[str], destination: Path, md5: str | None, timeout: float = 60) -> Path:
     """Fetch the first URL that works into `destination`, verifying `md5`.
+
+    md5=None is only for archives without a published checksum whose caller verifies every file it takes
+    out of them (the names archive).
 
     The bytes go to a temporary file beside the destination and are renamed into place only after the
     checksum matched, so a killed or corrupt download never leaves a file that looks complete.
@@ -35,7 +38,7 @@ def download(urls: list[str], destination: Path, md5: str, timeout: float = 60) 
             partial.unlink(missing_ok=True)
             failures.append(f"{url}: {error}")
             continue
-        if digest.hexdigest() != md5:
+        if md5 is not None and digest.hexdigest() != md5:
             partial.unlink(missing_ok=True)
             raise ChecksumError(f"checksum mismatch for {url}: md5 {digest.hexdigest()}, expected {md5}; "
                             f"nothing was written to {destination}")

@@ -6,6 +6,9 @@ from sklearn.model_selection import train_test_split
 from pipeline.data.batches import TensorBatches
 from pipeline.errors import ConfigError
 
+# How the loss balances imbalanced classes: per-class weights from the training split's class frequencies.
+CLASS_WEIGHTINGS = ("none", "balanced", "sqrt")
+
 
 def stratified_split(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int):
     """Split (x, y) into a part and a held-out `fraction`, with every class in both in its proportion."""
@@ -22,10 +25,12 @@ class InMemoryDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, name: str, input_shape, num_classes: int, root: str, batch_size: int,
-                 val_fraction: float, seed: int, test_fraction: float | None = None, class_names=None):
+                 val_fraction: float, seed: int, test_fraction: float | None = None, class_names=None,
+                 class_weighting: str = "none"):
         super().__init__()
         self.name = name
-        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        # num_classes=None: the data finds its classes when loaded (chars: one per language file).
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes or 0)]
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
         self.root = root
@@ -33,6 +38,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.seed = seed
+        self.class_weighting = class_weighting
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,6 +59,23 @@ class InMemoryDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.input_shape={list(self.input_shape)} does not match data={self.name}, "
                               f"whose samples have shape {list(sample_shape)}")
         self.splits = splits
+
+    def class_counts(self) -> torch.Tensor:
+        """Training examples per class: what class-weighted losses balance against."""
+        return torch.bincount(self.splits["train"][1], minlength=self.num_classes)
+
+    def class_weights(self) -> torch.Tensor | None:
+        """Loss weights per class, mean 1: `balanced` = 1/frequency (every class counts equally), `sqrt` =
+        1/sqrt(frequency) (a milder correction), `none` = None (plain cross-entropy)."""
+        if self.class_weighting == "none":
+            return None
+        counts = self.class_counts().float().clamp(min=1)
+        weights = 1.0 / counts if self.class_weighting == "balanced" else counts.rsqrt()
+        return weights * len(counts) / weights.sum()
+
+    def describe(self) -> dict:
+        """What a logged model needs besides its weights to be used on new inputs."""
+        return {"data": self.name, "class_names": self.class_names, "input_shape": list(self.input_shape)}
 
     def batches(self, split: str, shuffle: bool = False) -> TensorBatches:
         x, y = self.splits[split]

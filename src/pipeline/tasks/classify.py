@@ -3,13 +3,16 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 
 class Classifier(pl.LightningModule):
     """Trains `model` with the given optimizer (a partial awaiting parameters) and optional LR scheduler.
 
-    Metrics are logged per epoch as `train/loss`, `val/acc`, `val/acc_best`, `test/acc`, ...
+    Metrics are logged per epoch as `train/loss`, `val/acc`, `val/acc_best`, `val/f1_macro`, `test/acc`, ...
+    Macro-F1 (the mean of per-class F1) is reported for val and test: on imbalanced data it shows what accuracy
+    hides, a model that ignores the small classes. The loss weighs classes as the datamodule's
+    `class_weights()` says (data.class_weighting), if it has that method.
     """
 
     def __init__(self, model: nn.Module, optimizer, num_classes: int, scheduler=None,
@@ -23,9 +26,13 @@ class Classifier(pl.LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.label_smoothing = label_smoothing
+        # Filled from the training split's class counts in setup(); a buffer, so it moves with the model.
+        self.register_buffer("class_weight", None, persistent=False)
         self.acc = nn.ModuleDict({stage: MulticlassAccuracy(num_classes, average="micro")
                                   for stage in ("train_", "val_", "test_")})
+        # Not on train: a per-step F1 update would cost time for a number nobody reads.
+        self.f1 = nn.ModuleDict({stage: MulticlassF1Score(num_classes, average="macro") for stage in ("val_", "test_")})
         self.mean_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("train_", "val_", "test_")})
         self.val_acc_best = MaxMetric()
 
@@ -37,7 +44,7 @@ class Classifier(pl.LightningModule):
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         logits = self.model(x)
-        loss = self.loss(logits, y)
+        loss = nn.functional.cross_entropy(logits, y, weight=self.class_weight, label_smoothing=self.label_smoothing)
         # ModuleDict keys can't be "train" (a Module attribute), hence the trailing underscore.
         self.acc[stage + "_"](logits, y)
         self.mean_loss[stage + "_"](loss, weight=len(y))
@@ -45,6 +52,9 @@ class Classifier(pl.LightningModule):
         self.log(f"{stage}/loss", self.mean_loss[stage + "_"], on_step=False, on_epoch=True,
                  prog_bar=stage != "train")
         self.log(f"{stage}/acc", self.acc[stage + "_"], on_step=False, on_epoch=True, prog_bar=True)
+        if stage != "train":
+            self.f1[stage + "_"](logits, y)
+            self.log(f"{stage}/f1_macro", self.f1[stage + "_"], on_step=False, on_epoch=True)
         if on_step:
             self.log("train/loss_step", loss, on_step=True, on_epoch=False)
         return loss
@@ -63,6 +73,11 @@ class Classifier(pl.LightningModule):
             return
         self.val_acc_best(self.acc["val_"].compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=False)
+
+    def setup(self, stage: str) -> None:
+        weights = getattr(self.trainer.datamodule, "class_weights", None)
+        if weights is not None and self.class_weight is None:
+            self.class_weight = weights()
 
     def on_fit_start(self):
         self.val_acc_best.reset()
