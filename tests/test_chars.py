@@ -265,6 +265,7 @@ def test_predict_prints_the_top_three_languages_of_names(names_root, compose_con
 
     result = predict("Bakarov", "Lomez", "Dvořáki", tracking_uri=tracking_uri)  # the newest chars run
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "Downloading artifacts" not in result.stderr  # no progress bars around the answer
     lines = result.stdout.strip().splitlines()
     assert lines[0] == f"run {trained.info.run_id}"
     rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
@@ -289,3 +290,40 @@ def test_predict_without_a_names_run_says_what_to_do(tracking_uri, compose_confi
     (digits,) = all_runs(tracking_uri)[1]
     result = predict("--run", digits.info.run_id, "Smith", tracking_uri=tracking_uri)
     assert result.returncode == 2 and "trained on data=digits" in result.stderr
+
+
+# --- the default sweep -------------------------------------------------------------------------------------
+def test_recurrent_recipe_is_a_default_the_command_line_overrides(compose_config, names_root):
+    cfg = chars_config(compose_config, names_root, "model=gru")
+    assert cfg.trainer.gradient_clip_val == 1.0 and cfg.regularization.dropout > 0
+    assert cfg.callbacks.model_checkpoint.monitor == "val/f1_macro" and cfg.sweep.objective == "val/f1_macro_best"
+    own = chars_config(compose_config, names_root, "model=gru", "regularization=none", "trainer.gradient_clip_val=null")
+    assert own.regularization.dropout == 0 and own.trainer.gradient_clip_val is None
+    assert compose_config("model=mlp").trainer.gradient_clip_val is None  # the recipe is the recurrent models' only
+
+
+def test_model_lstm_data_chars_multirun_runs_the_declared_sweep(names_root, run_py, tracking_uri):
+    result = run_py("-m", "model=lstm", "data=chars", f"data.root={names_root}", "data.download=false",
+                    "trainer.max_epochs=2", "threads=1", "callbacks.progress_bar=null")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    client, runs = all_runs(tracking_uri)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert {c.info.run_name for c in children} == {
+        f"model.hidden_size={h} model.num_layers={n}" for h in (64, 128) for n in (1, 2)}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert 0 <= child.data.metrics["test/f1_macro"] <= 1 and "val/f1_macro_best" in child.data.metrics
+        assert "plots/confusion_matrix.png" in [a.path for a in client.list_artifacts(child.info.run_id, "plots")]
+    (best,) = [c for c in children if c.info.run_id == parent.data.tags["best_run_id"]]
+    assert best.data.metrics["val/f1_macro_best"] == max(c.data.metrics["val/f1_macro_best"] for c in children)
+    assert parent.data.metrics["best/test/f1_macro"] == pytest.approx(best.data.metrics["test/f1_macro"])
+    summary = mlflow_text(parent.info.run_id, "sweep/summary.md")
+    assert "| val/f1_macro_best | test/acc | test/f1_macro | test/loss |" in summary
+
+
+def mlflow_text(run_id: str, path: str) -> str:
+    import mlflow
+
+    return mlflow.artifacts.load_text(f"runs:/{run_id}/{path}")

@@ -69,20 +69,22 @@ def summarise(client, parent_run_id: str, objective: str, direction: str) -> dic
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
                                   order_by=["attributes.start_time ASC"])
+    # The objective, then every test metric a child reported (accuracy, macro-F1, loss, ...).
+    columns = [objective] + sorted({key for child in children for key in child.data.metrics
+                                    if key.startswith("test/") and key != objective})
     rows = []
     for child in children:
-        value = child.data.metrics.get(objective, math.nan)
         rows.append({"run": child.info.run_name, "run_id": child.info.run_id, "status": child.info.status,
-                     objective: value, "test/acc": child.data.metrics.get("test/acc", math.nan)})
+                     **{key: child.data.metrics.get(key, math.nan) for key in columns}})
     scored = [row for row in rows if not math.isnan(row[objective])]
     best = (max if direction == "maximize" else min)(scored, key=lambda row: row[objective]) if scored else None
 
-    header = ["run", "status", objective, "test/acc", "run_id"]
+    header = ["run", "status", *columns, "run_id"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         mark = " (best)" if row is best else ""
-        lines.append(f"| {row['run']}{mark} | {row['status']} | {row[objective]:.4f} | {row['test/acc']:.4f} "
-                     f"| {row['run_id']} |")
+        values = " | ".join(f"{row[key]:.4f}" for key in columns)
+        lines.append(f"| {row['run']}{mark} | {row['status']} | {values} | {row['run_id']} |")
     text = f"Sweep summary: {len(rows)} runs, objective {objective} ({direction})\n\n" + "\n".join(lines) + "\n"
     client.log_text(parent_run_id, text, "sweep/summary.md")
     log_curves(client, parent_run_id, children)
@@ -91,7 +93,8 @@ def summarise(client, parent_run_id: str, objective: str, direction: str) -> dic
         client.set_tag(parent_run_id, "best_run_id", best["run_id"])
         client.set_tag(parent_run_id, "best_run_name", best["run"])
         client.log_metric(parent_run_id, f"best/{objective}", best[objective])
-        if not math.isnan(best["test/acc"]):
-            client.log_metric(parent_run_id, "best/test/acc", best["test/acc"])
+        for key in columns[1:]:  # the best run's test results, on the parent where the sweep is browsed
+            if not math.isnan(best[key]):
+                client.log_metric(parent_run_id, f"best/{key}", best[key])
     print(text)
     return best

@@ -9,7 +9,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 class Classifier(pl.LightningModule):
     """Trains `model` with the given optimizer (a partial awaiting parameters) and optional LR scheduler.
 
-    Metrics are logged per epoch as `train/loss`, `val/acc`, `val/acc_best`, `val/f1_macro`, `test/acc`, ...
+    Metrics are logged per epoch as `train/loss`, `val/acc`, `val/acc_best`, `val/f1_macro`, `val/f1_macro_best`,
+    `test/acc`, ... (the `_best` ones are the best epoch so far: what a sweep ranks its runs by).
     Macro-F1 (the mean of per-class F1) is reported for val and test: on imbalanced data it shows what accuracy
     hides, a model that ignores the small classes. The loss weighs classes as the datamodule's
     `class_weights()` says (data.class_weighting), if it has that method.
@@ -34,7 +35,7 @@ class Classifier(pl.LightningModule):
         # Not on train: a per-step F1 update would cost time for a number nobody reads.
         self.f1 = nn.ModuleDict({stage: MulticlassF1Score(num_classes, average="macro") for stage in ("val_", "test_")})
         self.mean_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("train_", "val_", "test_")})
-        self.val_acc_best = MaxMetric()
+        self.val_best = nn.ModuleDict({"acc": MaxMetric(), "f1_macro": MaxMetric()})
 
     def forward(self, x):
         return self.model(x)
@@ -71,8 +72,9 @@ class Classifier(pl.LightningModule):
     def on_validation_epoch_end(self):
         if self.trainer.sanity_checking:
             return
-        self.val_acc_best(self.acc["val_"].compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=False)
+        for name, metric in (("acc", self.acc["val_"]), ("f1_macro", self.f1["val_"])):
+            self.val_best[name](metric.compute())
+            self.log(f"val/{name}_best", self.val_best[name].compute(), prog_bar=False)
 
     def setup(self, stage: str) -> None:
         weights = getattr(self.trainer.datamodule, "class_weights", None)
@@ -80,7 +82,8 @@ class Classifier(pl.LightningModule):
             self.class_weight = weights()
 
     def on_fit_start(self):
-        self.val_acc_best.reset()
+        for best in self.val_best.values():
+            best.reset()
 
     def configure_optimizers(self):
         optimizer = self.optimizer(params=self.parameters())
