@@ -8,6 +8,7 @@ import subprocess
 import sys
 import zipfile
 
+import mlflow
 import pytest
 import torch
 from hydra.errors import InstantiationException
@@ -319,11 +320,5 @@ def test_model_lstm_data_chars_multirun_runs_the_declared_sweep(names_root, run_
     (best,) = [c for c in children if c.info.run_id == parent.data.tags["best_run_id"]]
     assert best.data.metrics["val/f1_macro_best"] == max(c.data.metrics["val/f1_macro_best"] for c in children)
     assert parent.data.metrics["best/test/f1_macro"] == pytest.approx(best.data.metrics["test/f1_macro"])
-    summary = mlflow_text(parent.info.run_id, "sweep/summary.md")
+    summary = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/sweep/summary.md")
     assert "| val/f1_macro_best | test/acc | test/f1_macro | test/loss |" in summary
-
-
-def mlflow_text(run_id: str, path: str) -> str:
-    import mlflow
-
-    return mlflow.artifacts.load_text(f"runs:/{run_id}/{path}")

@@ -6,7 +6,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationKeyError
 
 from pipeline.data.in_memory import CLASS_WEIGHTINGS
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, first_line
 from pipeline.models.activations import ACTIVATIONS
 from pipeline.models.recurrent import CELLS
 
@@ -121,7 +121,7 @@ def check_model_fits_data(model: torch.nn.Module, cfg: DictConfig, example: torc
         with torch.no_grad():
             out = model(probe_input(cfg) if example is None else example[:2])
     except Exception as error:  # the library's message says why; we say which pair and shape
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise ConfigError(f"model {model_name} ({cfg.model._target_}) cannot take data={cfg.data.name} "
                           f"inputs of shape {list(shape)}: {reason}") from None
     finally:

@@ -11,3 +11,8 @@ class DataError(ConfigError):
 
 class ChecksumError(DataError):
     """Downloaded bytes that are not the published file: never retried silently, never kept."""
+
+
+def first_line(error: BaseException) -> str:
+    """An error's message cut to its first line (library errors run on for pages), or its type if it has none."""
+    return next(iter(str(error).strip().splitlines()), type(error).__name__)

@@ -4,7 +4,7 @@ import argparse
 import os
 import sys
 
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError, first_line
 
 
 def tracking_uri(given: str | None) -> str:
@@ -36,7 +36,7 @@ def load(client, run_id: str):
         model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
     except (MlflowException, OSError) as error:
         raise ConfigError(f"run {run_id} in {client.tracking_uri} has no usable model: "
-                          f"{str(error).strip().splitlines()[0]}") from None
+                          f"{first_line(error)}") from None
     if "alphabet" not in description:
         raise ConfigError(f"run {run_id} was trained on data={description.get('data')}; predict classifies "
                           "names and needs a run trained on data=chars")

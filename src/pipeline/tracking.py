@@ -9,6 +9,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.errors import first_line
+
 log = logging.getLogger(__name__)
 # MLflow announces every schema migration of a new SQLite store at INFO level on stderr.
 for _chatty in ("mlflow.store.db.utils", "alembic"):
@@ -120,7 +122,7 @@ def log_model(model, example_input) -> None:
     try:
         mlflow.pytorch.log_model(model, input_example=example_input, serialization_format="pt2", **common)
     except Exception as error:  # torch.export refuses some models (data-dependent control flow)
-        log.warning("torch.export could not trace the model (%s); logging it pickled", _first_line(error))
+        log.warning("torch.export could not trace the model (%s); logging it pickled", first_line(error))
         mlflow.pytorch.log_model(model, serialization_format="pickle",
                                  code_paths=[str(Path(pipeline.__file__).parent)], **common)
 
@@ -143,10 +145,6 @@ def log_generated_files(run_id: str, artifact_dir: str, make_files, client=None)
     with tempfile.TemporaryDirectory() as folder:
         for path in make_files(Path(folder)):
             client.log_artifact(run_id, str(path), artifact_dir)
-
-
-def _first_line(error: BaseException) -> str:
-    return next(iter(str(error).strip().splitlines()), type(error).__name__)
 
 
 def end_open_sweep(status: str) -> None:
