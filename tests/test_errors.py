@@ -51,10 +51,7 @@ def wait_for_running(tracking_uri: str, count: int, process, limit: float = 90):
     deadline = time.time() + limit
     while time.time() < deadline:
         assert process.poll() is None, process.communicate()[1][-3000:]
-        try:
-            _, runs = all_runs(tracking_uri)
-        except Exception:  # the store is still being created
-            runs = []
+        _, runs = all_runs(tracking_uri)
         # running, and inside the training loop (an epoch has been logged)
         if len([r for r in runs if r.info.status == "RUNNING" and "train/loss" in r.data.metrics]) >= count:
             return
@@ -67,6 +64,7 @@ def test_ctrl_c_marks_runs_killed(tmp_path, tracking_uri, sweep):
     args = ["-m", "optimizer=sgd,adam"] if sweep else []
     command = [sys.executable, str(ROOT / "run.py"), *args, "trainer.max_epochs=10000",
                f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep"]
+    all_runs(tracking_uri)  # create the store first: two processes migrating a new SQLite file at once collide
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_running(tracking_uri, 1, process)
