@@ -62,8 +62,11 @@ class InputError(SystemExit):
 def run_job(cfg):
     """The body of run.py's @hydra.main: run the experiment and return the sweep objective (for sweepers),
     turning input errors into InputError."""
+    from hydra.core.hydra_config import HydraConfig
+
     from pipeline.train import run
 
+    cfg.paths.output_dir = HydraConfig.get().runtime.output_dir  # this job's own folder
     try:
         return run(cfg).get(cfg.sweep.objective, float("nan"))
     except Exception as error:
@@ -95,6 +98,22 @@ def with_clear_errors(hydra_main) -> None:
     except BaseException as error:
         tracking.end_open_sweep(tracking.end_status(error))
         message = None if user_wants_traceback else describe(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_stage(stage) -> None:
+    """Run a DVC stage, `stage(cfg)` with the config from params.yaml, with run.py's error handling: an input
+    error is one line and exit status 2."""
+    from pipeline.stages import params
+
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        stage(params.load())
+    except Exception as error:
+        message = None if "HYDRA_FULL_ERROR" in os.environ else describe(error)
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)

@@ -75,8 +75,23 @@ def end_status(error: BaseException) -> str:
 
 
 @contextmanager
-def experiment_run(cfg: DictConfig, run_name: str, overrides: list[str], parent_run_id: str | None = None):
-    """An MLflow run that always ends: FINISHED, FAILED on an error, KILLED on Ctrl-C; never left RUNNING."""
+def ending_run():
+    """End MLflow's active run when the block ends: FINISHED, FAILED on an error, KILLED on Ctrl-C."""
+    import mlflow
+
+    try:
+        yield
+    except BaseException as error:
+        mlflow.end_run(end_status(error))
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+@contextmanager
+def experiment_run(cfg: DictConfig, run_name: str, overrides: list[str], parent_run_id: str | None = None,
+                   tags: dict[str, str] | None = None):
+    """An MLflow run that always ends (see ending_run), never left RUNNING; it starts with the config logged."""
     import mlflow
 
     if parent_run_id:
@@ -84,9 +99,9 @@ def experiment_run(cfg: DictConfig, run_name: str, overrides: list[str], parent_
         mlflow.set_tracking_uri(cfg.logger.tracking_uri)
     else:
         experiment = experiment_id(cfg)
-    tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+    tags = {**(tags or {}), **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
     run = mlflow.start_run(experiment_id=experiment, run_name=run_name, tags=tags)
-    try:
+    with ending_run():
         params = flatten(cfg)
         items = list(params.items())
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
@@ -94,11 +109,17 @@ def experiment_run(cfg: DictConfig, run_name: str, overrides: list[str], parent_
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
         mlflow.log_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))), "config/overrides.yaml")
         yield run
-    except BaseException as error:
-        mlflow.end_run(end_status(error))
-        raise
-    else:
-        mlflow.end_run("FINISHED")
+
+
+@contextmanager
+def resumed_run(tracking_uri: str, run_id: str):
+    """Reopen a finished run to add to it (a later DVC stage adding its results), ending it the same way."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    run = mlflow.start_run(run_id=run_id)
+    with ending_run():
+        yield run
 
 
 def log_model(model, example_input) -> None:
@@ -134,17 +155,22 @@ def log_dict(run_id: str, values: dict, artifact_file: str) -> None:
     mlflow.MlflowClient().log_dict(run_id, values, artifact_file)
 
 
-def log_generated_files(run_id: str, artifact_dir: str, make_files, client=None) -> None:
-    """Let `make_files(folder)` write files (plots) into a scratch folder and log the ones it returns under
-    `artifact_dir`. Without a client, MLflow's current tracking URI is used."""
-    import tempfile
-
+def log_files(run_id: str, paths, artifact_dir: str, client=None) -> None:
+    """Log files under `artifact_dir`. Without a client, MLflow's current tracking URI is used."""
     import mlflow
 
     client = client or mlflow.MlflowClient()
+    for path in paths:
+        client.log_artifact(run_id, str(path), artifact_dir)
+
+
+def log_generated_files(run_id: str, artifact_dir: str, make_files, client=None) -> None:
+    """Let `make_files(folder)` write files (plots) into a scratch folder and log the ones it returns under
+    `artifact_dir`."""
+    import tempfile
+
     with tempfile.TemporaryDirectory() as folder:
-        for path in make_files(Path(folder)):
-            client.log_artifact(run_id, str(path), artifact_dir)
+        log_files(run_id, make_files(Path(folder)), artifact_dir, client)
 
 
 def end_open_sweep(status: str) -> None:

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from pipeline import tracking
 from pipeline.checks import check_config, check_model_fits_data
-from pipeline.viz.classification import classification_plots
+from pipeline.viz.plots import model_plots
 
 log = logging.getLogger(__name__)
 # Lightning advertises a cloud logger at every start; users of this pipeline have MLflow.
@@ -49,50 +49,89 @@ def build_logger(cfg: DictConfig, run) -> pl.loggers.Logger | bool:
 
 def fill_from_data(cfg: DictConfig, datamodule) -> None:
     """Sizes a data config leaves null (chars: the classes are the language files found) take the loaded data's
-    values, so models interpolating them and the tracked params see real numbers."""
+    values, so models interpolating them and the tracked params see real numbers. In a resolved config
+    (params.yaml) the model's and task's copies are null too, and are filled the same way."""
     for key in ("num_classes", "vocab_size"):
-        if key in cfg.data and cfg.data[key] is None:
-            cfg.data[key] = int(getattr(datamodule, key))
+        for section in ("data", "model", "task"):
+            if key in cfg.get(section, {}) and cfg[section][key] is None:
+                cfg[section][key] = int(getattr(datamodule, key))
+
+
+def build_data(cfg: DictConfig, prepared: dict | None = None):
+    """The config's datamodule with its splits loaded (from `prepared`, the prepare stage's file, if given)."""
+    datamodule = instantiate(cfg.data)
+    if prepared is None:
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+    else:
+        datamodule.restore(prepared)
+    fill_from_data(cfg, datamodule)
+    return datamodule
+
+
+def build_task(cfg: DictConfig, datamodule) -> pl.LightningModule:
+    """The model the config names, checked against the data, wrapped in its training task."""
+    model = instantiate(cfg.model)
+    check_model_fits_data(model, cfg, example=datamodule.splits["train"][0][:2])
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    return instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
+
+
+def build_trainer(cfg: DictConfig, mlflow_run, loggers=()) -> pl.Trainer:
+    logger = build_logger(cfg, mlflow_run)
+    all_loggers = ([logger] if logger else []) + list(loggers)
+    return instantiate(cfg.trainer, logger=all_loggers or False, callbacks=build_callbacks(cfg))
+
+
+def start(cfg: DictConfig) -> None:
+    """What every entry point does first: validate, set threads, seed everything."""
+    check_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+
+def fit(trainer: pl.Trainer, task: pl.LightningModule, datamodule) -> tuple[dict[str, float], str]:
+    """Fit; return the final metrics and the best checkpoint's path ("" when nothing was checkpointed)."""
+    trainer.fit(task, datamodule=datamodule)
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if checkpoint is not None and not trainer.fast_dev_run else ""
+    return metrics_of(trainer), best
+
+
+def metrics_of(trainer: pl.Trainer) -> dict[str, float]:
+    return {key: float(value) for key, value in trainer.callback_metrics.items()}
+
+
+def log_trained_model(mlflow_run, task, datamodule) -> None:
+    """The model (its weights as they are now) and the description of the data that using it needs."""
+    model = task.model
+    example = next(iter(datamodule.test_dataloader()))[0][:8]
+    tracking.log_model(model, example)
+    tracking.log_dict(mlflow_run.info.run_id, datamodule.describe(), "data/description.json")
 
 
 def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str | None = None,
         swept_keys: list[str] | None = None) -> dict[str, float]:
     """Train, test and track the experiment `cfg` describes; return its final train/val/test metrics."""
-    check_config(cfg)
+    start(cfg)
     if overrides is None:
         overrides, parent_run_id, swept_keys = hydra_overrides()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    fill_from_data(cfg, datamodule)
-    model = instantiate(cfg.model)
-    check_model_fits_data(model, cfg, example=datamodule.splits["train"][0][:2])
-    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    task = instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
+    datamodule = build_data(cfg)
+    task = build_task(cfg, datamodule)
 
     run_name = tracking.run_name(overrides, swept_keys)
     tracked = (tracking.experiment_run(cfg, run_name, overrides, parent_run_id)
                if tracking.uses_mlflow(cfg) else contextlib.nullcontext())
     with tracked as mlflow_run:
-        trainer: pl.Trainer = instantiate(cfg.trainer, logger=build_logger(cfg, mlflow_run),
-                                          callbacks=build_callbacks(cfg))
-        trainer.fit(task, datamodule=datamodule)
-        metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
-        checkpoint = trainer.checkpoint_callback
-        best = checkpoint.best_model_path if checkpoint is not None and not trainer.fast_dev_run else ""
+        trainer = build_trainer(cfg, mlflow_run)
+        metrics, best = fit(trainer, task, datamodule)
         trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=True)
-        metrics.update({key: float(value) for key, value in trainer.callback_metrics.items()})
+        metrics.update(metrics_of(trainer))
         if mlflow_run is not None:
-            example = next(iter(datamodule.test_dataloader()))[0][:8]
-            tracking.log_model(model, example)
-            mlflow_run_id = mlflow_run.info.run_id
-            tracking.log_dict(mlflow_run_id, datamodule.describe(), "data/description.json")
-            tracking.log_generated_files(mlflow_run_id, "plots",
-                                         functools.partial(classification_plots, model, datamodule))
+            log_trained_model(mlflow_run, task, datamodule)
+            tracking.log_generated_files(mlflow_run.info.run_id, "plots",
+                                         functools.partial(model_plots, task.model, datamodule, cfg.viz))
             log.info("MLflow run %s (%s) in %s", mlflow_run.info.run_id, run_name, cfg.logger.tracking_uri)
 
     summary = "  ".join(f"{key}={value:.4f}" for key, value in sorted(metrics.items()) if key.startswith("test/"))

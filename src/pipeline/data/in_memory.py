@@ -60,6 +60,16 @@ class InMemoryDataModule(pl.LightningDataModule):
                               f"whose samples have shape {list(sample_shape)}")
         self.splits = splits
 
+    def prepared(self) -> dict:
+        """The loaded splits and what loading found (the classes): all a later process needs, see restore()."""
+        return {"splits": self.splits, "class_names": self.class_names, "num_classes": self.num_classes}
+
+    def restore(self, prepared: dict) -> None:
+        """Take splits saved by prepared() (the DVC prepare stage's file) instead of loading the files again."""
+        self.splits = prepared["splits"]
+        self.class_names = list(prepared["class_names"])
+        self.num_classes = prepared["num_classes"]
+
     def class_counts(self) -> torch.Tensor:
         """Training examples per class: what class-weighted losses balance against."""
         return torch.bincount(self.splits["train"][1], minlength=self.num_classes)

@@ -3,6 +3,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline.viz import pyplot, save
+
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -21,17 +23,8 @@ def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classe
     return torch.bincount(labels * num_classes + predictions, minlength=num_classes**2).view(num_classes, num_classes)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_confusion_matrix(matrix: torch.Tensor, class_names: list[str], path: Path) -> Path:
-    plt = _pyplot()
+def plot_confusion_matrix(matrix: torch.Tensor, class_names: list[str], path: Path, dpi: int = 110) -> Path:
+    plt = pyplot()
     n = len(matrix)
     figure, axis = plt.subplots(figsize=(max(5, 0.55 * n + 2), max(4, 0.5 * n + 1.5)))
     image = axis.imshow(matrix.numpy(), cmap="Blues")
@@ -46,20 +39,17 @@ def plot_confusion_matrix(matrix: torch.Tensor, class_names: list[str], path: Pa
             for j in range(n):
                 axis.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
                           color="white" if matrix[i, j] > limit else "black")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save(figure, path, dpi)
 
 
 def plot_misclassified(images: torch.Tensor, labels, predictions, class_names: list[str], path: Path,
-                       limit: int = 36) -> Path | None:
+                       limit: int = 36, dpi: int = 110) -> Path | None:
     """A grid of up to `limit` wrongly classified images, titled `true -> predicted`. Images are min-max scaled
     per image for display, so this works whatever normalisation the data used."""
     wrong = (labels != predictions).nonzero().flatten()[:limit]
     if len(wrong) == 0:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     columns = 6
     rows = (len(wrong) + columns - 1) // columns
     figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
@@ -73,20 +63,16 @@ def plot_misclassified(images: torch.Tensor, labels, predictions, class_names: l
         else:
             axis.imshow(image.permute(1, 2, 0).numpy())
         axis.set_title(f"{class_names[labels[index]]} → {class_names[predictions[index]]}", fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save(figure, path, dpi)
 
 
-def classification_plots(model, datamodule, folder: Path) -> list[Path]:
+def classification_plots(images, labels, predictions, class_names: list[str], folder: Path,
+                         dpi: int = 110) -> list[Path]:
     """Write the confusion matrix (every run) and the misclassified grid (image data) of the test split."""
-    images, labels, predictions = predict(model, datamodule.test_dataloader())
-    names = datamodule.class_names
-    paths = [plot_confusion_matrix(confusion_matrix(labels, predictions, datamodule.num_classes), names,
-                                   folder / "confusion_matrix.png")]
+    matrix = confusion_matrix(labels, predictions, len(class_names))
+    paths = [plot_confusion_matrix(matrix, class_names, folder / "confusion_matrix.png", dpi)]
     if images.dim() == 4:
-        grid = plot_misclassified(images, labels, predictions, names, folder / "misclassified.png")
+        grid = plot_misclassified(images, labels, predictions, class_names, folder / "misclassified.png", dpi=dpi)
         if grid is not None:
             paths.append(grid)
     return paths

@@ -1,14 +1,12 @@
 """The convergence comparison of a sweep: per-epoch validation curves of every child on shared axes."""
 from pathlib import Path
 
+from pipeline.viz import pyplot, save
+
 
 def plot_sweep_curves(histories: dict[str, dict[str, list[float]]], metrics: list[str], path: Path) -> Path:
     """histories: run name -> metric -> values per epoch. One panel per metric, one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.5), squeeze=False)
     for axis, metric in zip(axes[0], metrics):
         for name, history in histories.items():
@@ -19,7 +17,4 @@ def plot_sweep_curves(histories: dict[str, dict[str, list[float]]], metrics: lis
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save(figure, path)

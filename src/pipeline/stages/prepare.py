@@ -1,0 +1,19 @@
+"""Stage 1: obtain and verify the dataset (download with checksums when missing), decode it, split it with the
+seed, and save the splits as one tensor file, so later stages never read the raw files again."""
+from omegaconf import DictConfig
+
+from pipeline.cli import run_stage
+from pipeline.stages.outputs import PREPARED, save_torch
+from pipeline.train import build_data, start
+
+
+def prepare(cfg: DictConfig) -> None:
+    start(cfg)
+    datamodule = build_data(cfg)
+    save_torch(PREPARED, datamodule.prepared())
+    sizes = ", ".join(f"{split} {len(y)}" for split, (_, y) in datamodule.splits.items())
+    print(f"prepared data={cfg.data.name} ({sizes}; {datamodule.num_classes} classes) -> {PREPARED}")
+
+
+if __name__ == "__main__":
+    run_stage(prepare)

@@ -1,0 +1,62 @@
+"""Stage 2: fit the model on the prepared splits; write the best checkpoint and the per-epoch history, and start
+this pipeline run's MLflow run (the later stages add their results to it)."""
+import contextlib
+import os
+import shutil
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from pipeline import tracking
+from pipeline.cli import run_stage
+from pipeline.history import EpochHistory
+from pipeline.stages.outputs import (CHECKPOINT, HISTORY, RUN, load_prepared, load_weights, write_atomically,
+                                     write_json)
+from pipeline.train import build_data, build_task, build_trainer, fit, log_trained_model, start
+
+
+def pipeline_run(cfg: DictConfig):
+    """The MLflow run of this pipeline run, named after the DVC experiment when there is one."""
+    if not tracking.uses_mlflow(cfg):
+        return contextlib.nullcontext()
+    experiment = os.environ.get("DVC_EXP_NAME")
+    tags = {"pipeline.entry": "dvc"}
+    if experiment:
+        tags["dvc.experiment"] = experiment
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
+    name = f"dvc exp {experiment}" if experiment else "dvc repro"
+    return tracking.experiment_run(cfg, name, overrides=[], tags=tags)
+
+
+def train(cfg: DictConfig) -> None:
+    start(cfg)
+    datamodule = build_data(cfg, prepared=load_prepared())
+    task = build_task(cfg, datamodule)
+    history = EpochHistory()
+    scratch = Path(cfg.callbacks.model_checkpoint.dirpath) if cfg.get("callbacks", {}).get("model_checkpoint") else None
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)  # an earlier run's best.ckpt would make Lightning write best-v1
+    with pipeline_run(cfg) as mlflow_run:
+        trainer = build_trainer(cfg, mlflow_run, loggers=[history])
+        metrics, best = fit(trainer, task, datamodule)
+        if best:
+            write_atomically(CHECKPOINT, lambda partial: shutil.copyfile(best, partial))
+        else:  # no checkpoint callback (callbacks=none): the last epoch's weights
+            write_atomically(CHECKPOINT, trainer.save_checkpoint)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        load_weights(task)
+        write_atomically(HISTORY, history.write_csv)
+        run_id = mlflow_run.info.run_id if mlflow_run is not None else None
+        write_json(RUN, {"tracking_uri": cfg.logger.tracking_uri if run_id else None, "run_id": run_id})
+        if mlflow_run is not None:
+            log_trained_model(mlflow_run, task, datamodule)
+            tracking.log_files(run_id, [HISTORY], "dvc/train")
+    best_values = "  ".join(f"{key}={value:.4f}" for key, value in sorted(metrics.items()) if key.endswith("_best"))
+    print(f"trained {cfg.model._target_.rsplit('.', 1)[-1]} for {len(history.rows)} epochs: {best_values} "
+          f"-> {CHECKPOINT}, {HISTORY}")
+
+
+if __name__ == "__main__":
+    run_stage(train)

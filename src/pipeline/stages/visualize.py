@@ -1,0 +1,32 @@
+"""Stage 4: the PNG plots of the trained model: learning curves, confusion matrix, misclassified examples, and
+for CNNs the first-layer filters, one test example's feature maps and its saliency map (options: params viz.*)."""
+import shutil
+
+from omegaconf import DictConfig
+
+from pipeline import tracking
+from pipeline.cli import run_stage
+from pipeline.history import read_history
+from pipeline.stages.outputs import HISTORY, PLOTS, load_prepared, load_weights, pipeline_run_continued
+from pipeline.train import build_data, build_task, start
+from pipeline.viz.learning_curves import plot_learning_curves
+from pipeline.viz.plots import model_plots
+
+
+def visualize(cfg: DictConfig) -> None:
+    start(cfg)
+    datamodule = build_data(cfg, prepared=load_prepared())
+    task = build_task(cfg, datamodule)
+    load_weights(task)
+    shutil.rmtree(PLOTS, ignore_errors=True)  # only this run's plots: a model without convolutions has fewer
+    PLOTS.mkdir(parents=True)
+    paths = [plot_learning_curves(read_history(HISTORY), PLOTS / "learning_curves.png", cfg.viz.dpi)]
+    paths += model_plots(task.model, datamodule, cfg.viz, PLOTS)
+    with pipeline_run_continued() as mlflow_run:
+        if mlflow_run is not None:
+            tracking.log_files(mlflow_run.info.run_id, paths, "plots")
+    print(f"plotted {', '.join(path.name for path in paths)} -> {PLOTS}")
+
+
+if __name__ == "__main__":
+    run_stage(visualize)

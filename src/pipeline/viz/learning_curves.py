@@ -1,0 +1,21 @@
+"""Learning curves of one run: loss and accuracy per epoch, training against validation."""
+from pathlib import Path
+
+from pipeline.viz import pyplot, save
+
+
+def plot_learning_curves(history: list[dict[str, float]], path: Path, dpi: int = 110) -> Path:
+    """history: one row per epoch ({"epoch": 1, "train/loss": ..., "val/acc": ...}). A panel per quantity."""
+    quantities = ["loss", "acc"] + (["f1_macro"] if any("val/f1_macro" in row for row in history) else [])
+    plt = pyplot()
+    figure, axes = plt.subplots(1, len(quantities), figsize=(5 * len(quantities), 3.8), squeeze=False)
+    for axis, quantity in zip(axes[0], quantities):
+        for split in ("train", "val"):
+            points = [(row["epoch"], row[f"{split}/{quantity}"]) for row in history
+                      if row.get(f"{split}/{quantity}") is not None]
+            if points:
+                axis.plot(*zip(*points), marker="o", markersize=3, label=split)
+        axis.set(title=quantity, xlabel="epoch")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    return save(figure, path, dpi)
