@@ -103,6 +103,9 @@ def test_repro_runs_the_four_stages_and_writes_sane_outputs(repro):
     plots = {path.name: path for path in (repo / "results/visualize").iterdir()}
     assert set(plots) == CNN_PLOTS
     assert all(path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 2000 for path in plots.values())
+    # Lightning's scratch checkpoints are gone: only the declared outputs (and DVC's .gitignore) remain.
+    assert {path.name for path in (repo / "results/train").iterdir()} == {
+        ".gitignore", "model.ckpt", "history.csv", "mlflow_run.json"}
 
 
 def test_the_pipeline_run_is_one_mlflow_run_with_the_stage_outputs(repro):
@@ -165,8 +168,14 @@ def test_a_parameter_change_reruns_only_the_stages_that_read_it(repro, tmp_path)
     assert ran_stages(sh(repo, "dvc", "repro").stdout) == ["train", "evaluate", "visualize"]
     assert read_metrics(repo) != before
 
+    prepared = (repo / "results/prepare/data.pt").read_bytes()
+    set_param(repo, "data.batch_size", 32)  # read by every stage; the prepared data stays byte for byte the same
+    assert ran_stages(sh(repo, "dvc", "repro").stdout) == ["prepare", "train", "evaluate", "visualize"]
+    assert (repo / "results/prepare/data.pt").read_bytes() == prepared
+
     set_param(repo, "data.val_fraction", 0.2)
     assert ran_stages(sh(repo, "dvc", "repro").stdout) == ["prepare", "train", "evaluate", "visualize"]
+    assert (repo / "results/prepare/data.pt").read_bytes() != prepared
 
 
 def test_exp_run_with_set_composes_params_from_conf_and_changes_the_result(repro, tmp_path):
@@ -254,6 +263,20 @@ def test_sizes_a_resolved_config_leaves_null_come_from_the_data():
 
     fill_from_data(cfg, Loaded())
     assert (cfg.data.num_classes, cfg.model.num_classes, cfg.model.vocab_size, cfg.task.num_classes) == (5, 5, 30, 5)
+
+
+def test_the_stages_fill_the_sizes_params_yaml_leaves_null_from_the_data(tmp_path):
+    """data=chars finds its classes in the files, so params.yaml (resolved) has num_classes: null everywhere."""
+    from test_chars import write_names
+
+    write_names(tmp_path / "data" / "names")
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    sh(tmp_path, sys.executable, "-m", "pipeline.stages.params", "data=chars", "model=gru", "model.hidden_size=16",
+       f"data.root={tmp_path}/data", "data.download=false", "trainer.max_epochs=2", "logger=none")
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["model"]["num_classes"] is None
+    for stage in ("prepare", "train", "evaluate"):
+        sh(tmp_path, sys.executable, "-m", f"pipeline.stages.{stage}")
+    assert sorted(read_metrics(tmp_path)["per_class"]) == ["Alpha", "Beta", "Gamma"]
 
 
 def test_a_stage_without_params_or_with_a_bad_value_is_one_clear_line(tmp_path):

@@ -94,6 +94,21 @@ def test_mnist_reads_gz_or_unpacked_and_caches_once(tmp_path, gz):
     assert torch.equal(again.splits["train"][0], x)  # same seed, same split
 
 
+@pytest.mark.parametrize("make", [mnist_module, cifar_module], ids=["mnist", "cifar10"])
+def test_prepared_splits_are_stored_as_pixels_and_restore_exactly(tmp_path, make):
+    write_mnist(tmp_path / "data" / "MNIST" / "raw")
+    write_cifar(tmp_path / "data" / "cifar-10-batches-py")
+    module = make(tmp_path)
+    module.setup()
+    prepared = module.prepared()
+    assert all(x.dtype == torch.uint8 for x, _ in prepared["splits"].values())
+    restored = make(tmp_path, cache_dir=str(tmp_path / "no-cache"))
+    restored.restore(prepared)
+    for split, (x, y) in module.splits.items():
+        assert torch.equal(restored.splits[split][0], x) and torch.equal(restored.splits[split][1], y)
+    assert not (tmp_path / "no-cache").exists()  # nothing was decoded again
+
+
 def test_truncated_idx_file_is_a_clear_error_and_writes_no_cache(tmp_path):
     folder = tmp_path / "data" / "MNIST" / "raw"
     write_mnist(folder, gz=False)

@@ -111,6 +111,20 @@ class ImageDataModule(InMemoryDataModule):
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         return ((images.float() / 255.0) - self.mean) / self.std
 
+    def pixels(self, normalised: torch.Tensor) -> torch.Tensor:
+        """normalise() undone: the uint8 pixels (exactly: the float error is far below half a level)."""
+        return ((normalised * self.std + self.mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+    def prepared(self) -> dict:
+        """The splits as uint8 pixels, a quarter of the floats' size (MNIST: 55 MB instead of 220 MB)."""
+        state = super().prepared()
+        state["splits"] = {split: (self.pixels(x), y) for split, (x, y) in self.splits.items()}
+        return state
+
+    def restore(self, prepared: dict) -> None:
+        super().restore(prepared)
+        self.splits = {split: (self.normalise(x), y) for split, (x, y) in self.splits.items()}
+
     def load_splits(self):
         self.prepare_data()
         arrays = torch.load(self.cache_path)

@@ -29,23 +29,29 @@ def pipeline_run(cfg: DictConfig):
     return tracking.experiment_run(cfg, name, overrides=[], tags=tags)
 
 
+def remove_scratch(checkpoint: Path, output_dir: Path) -> None:
+    """Lightning's checkpoint folder, once the best checkpoint is copied out: the folder right below
+    paths.output_dir that holds it (checkpoints/, or <logger>/version_0/ without the checkpoint callback)."""
+    if not checkpoint.resolve().is_relative_to(output_dir.resolve()):
+        return
+    parts = checkpoint.resolve().relative_to(output_dir.resolve()).parts
+    if len(parts) > 1:
+        shutil.rmtree(output_dir / parts[0], ignore_errors=True)
+
+
 def train(cfg: DictConfig) -> None:
     start(cfg)
     datamodule = build_data(cfg, prepared=load_prepared())
     task = build_task(cfg, datamodule)
     history = EpochHistory()
-    scratch = Path(cfg.callbacks.model_checkpoint.dirpath) if cfg.get("callbacks", {}).get("model_checkpoint") else None
-    if scratch is not None:
-        shutil.rmtree(scratch, ignore_errors=True)  # an earlier run's best.ckpt would make Lightning write best-v1
     with pipeline_run(cfg) as mlflow_run:
         trainer = build_trainer(cfg, mlflow_run, loggers=[history])
         metrics, best = fit(trainer, task, datamodule)
         if best:
             write_atomically(CHECKPOINT, lambda partial: shutil.copyfile(best, partial))
-        else:  # no checkpoint callback (callbacks=none): the last epoch's weights
+            remove_scratch(Path(best), Path(cfg.paths.output_dir))
+        else:  # nothing was checkpointed (trainer=debug): the weights as they are
             write_atomically(CHECKPOINT, trainer.save_checkpoint)
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
         load_weights(task)
         write_atomically(HISTORY, history.write_csv)
         run_id = mlflow_run.info.run_id if mlflow_run is not None else None

@@ -8,6 +8,8 @@ def plot_learning_curves(history: list[dict[str, float]], path: Path, dpi: int =
     """history: one row per epoch ({"epoch": 1, "train/loss": ..., "val/acc": ...}). A panel per quantity."""
     quantities = ["loss", "acc"] + (["f1_macro"] if any("val/f1_macro" in row for row in history) else [])
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     figure, axes = plt.subplots(1, len(quantities), figsize=(5 * len(quantities), 3.8), squeeze=False)
     for axis, quantity in zip(axes[0], quantities):
         for split in ("train", "val"):
@@ -16,6 +18,7 @@ def plot_learning_curves(history: list[dict[str, float]], path: Path, dpi: int =
             if points:
                 axis.plot(*zip(*points), marker="o", markersize=3, label=split)
         axis.set(title=quantity, xlabel="epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     return save(figure, path, dpi)
