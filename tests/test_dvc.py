@@ -279,6 +279,30 @@ def test_the_stages_fill_the_sizes_params_yaml_leaves_null_from_the_data(tmp_pat
     assert sorted(read_metrics(tmp_path)["per_class"]) == ["Alpha", "Beta", "Gamma"]
 
 
+def test_ctrl_c_in_a_stage_marks_the_pipeline_run_killed(tmp_path):
+    import signal
+
+    from test_errors import wait_for_running
+
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    sh(tmp_path, sys.executable, "-m", "pipeline.stages.params", "trainer.max_epochs=10000")
+    sh(tmp_path, sys.executable, "-m", "pipeline.stages.prepare")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    all_runs(uri)  # create the store before the stage does (see test_errors)
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.stages.train"], cwd=tmp_path, env=command_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_running(uri, 1, process)
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=90)
+    finally:
+        process.kill()
+    assert process.returncode != 0
+    _, runs = all_runs(uri)
+    assert [run.info.status for run in runs] == ["KILLED"]
+    assert not (tmp_path / "results/train/model.ckpt").exists()
+
+
 def test_a_stage_without_params_or_with_a_bad_value_is_one_clear_line(tmp_path):
     result = sh(tmp_path, sys.executable, "-m", "pipeline.stages.train", check=False)
     assert result.returncode == 2
