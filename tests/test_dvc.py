@@ -282,7 +282,7 @@ def test_the_stages_fill_the_sizes_params_yaml_leaves_null_from_the_data(tmp_pat
 def test_ctrl_c_in_a_stage_marks_the_pipeline_run_killed(tmp_path):
     import signal
 
-    from test_errors import wait_for_running
+    from test_errors import interruptible, wait_for_running
 
     shutil.copytree(ROOT / "conf", tmp_path / "conf")
     sh(tmp_path, sys.executable, "-m", "pipeline.stages.params", "trainer.max_epochs=10000")
@@ -290,7 +290,8 @@ def test_ctrl_c_in_a_stage_marks_the_pipeline_run_killed(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     all_runs(uri)  # create the store before the stage does (see test_errors)
     process = subprocess.Popen([sys.executable, "-m", "pipeline.stages.train"], cwd=tmp_path, env=command_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=interruptible)
     try:
         wait_for_running(uri, 1, process)
         process.send_signal(signal.SIGINT)

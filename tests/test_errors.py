@@ -47,6 +47,13 @@ def test_failure_inside_a_run_marks_it_failed(run_py, tracking_uri):
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
+def interruptible() -> None:
+    """In the child before exec: Ctrl-C's default action. A test run started in the background (`cmd &` in a
+    non-interactive shell) ignores SIGINT, and an ignored SIGINT is inherited: Python would never raise
+    KeyboardInterrupt, and the run under test would train on."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for_running(tracking_uri: str, count: int, process, limit: float = 90):
     deadline = time.time() + limit
     while time.time() < deadline:
@@ -65,7 +72,8 @@ def test_ctrl_c_marks_runs_killed(tmp_path, tracking_uri, sweep):
     command = [sys.executable, str(ROOT / "run.py"), *args, "trainer.max_epochs=10000",
                f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep"]
     all_runs(tracking_uri)  # create the store first: two processes migrating a new SQLite file at once collide
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=interruptible)
     try:
         wait_for_running(tracking_uri, 1, process)
         process.send_signal(signal.SIGINT)
