@@ -128,7 +128,11 @@ def test_the_pipeline_run_is_one_mlflow_run_with_the_stage_outputs(repro):
 
     logged = set(artifacts())
     assert {"dvc/train/history.csv", "dvc/evaluate/metrics.json", "dvc/evaluate/predictions.csv",
-            "config/config.yaml", "data/description.json"} <= logged
+            "dvc/prepare/summary.json", "config/config.yaml", "data/description.json"} <= logged
+    summary = json.loads(Path(client.download_artifacts(run.info.run_id, "dvc/prepare/summary.json")).read_text())
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert summary["md5"] == lock["stages"]["prepare"]["outs"][0]["md5"]
+    assert summary["splits"] == {"train": 1257, "val": 180, "test": 360}
     assert {f"plots/{name}" for name in CNN_PLOTS} <= logged
     mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
     try:
@@ -231,7 +235,8 @@ def test_committed_params_yaml_is_the_composition_of_the_conf_defaults(tmp_path,
 
     monkeypatch.chdir(ROOT)
     write([], tmp_path / "composed.yaml")
-    assert yaml.safe_load((tmp_path / "composed.yaml").read_text()) == yaml.safe_load((ROOT / "params.yaml").read_text())
+    composed = yaml.safe_load((tmp_path / "composed.yaml").read_text())
+    assert composed == yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
 def test_dvc_analytics_are_off_and_hydra_composition_is_on():

@@ -1,6 +1,7 @@
 """Stage 2: fit the model on the prepared splits; write the best checkpoint and the per-epoch history, and start
 this pipeline run's MLflow run (the later stages add their results to it)."""
 import contextlib
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -10,8 +11,8 @@ from omegaconf import DictConfig
 from pipeline import tracking
 from pipeline.cli import run_stage
 from pipeline.history import EpochHistory
-from pipeline.stages.outputs import (CHECKPOINT, HISTORY, RUN, load_prepared, load_weights, write_atomically,
-                                     write_json)
+from pipeline.stages.outputs import (CHECKPOINT, HISTORY, PREPARED, RUN, load_prepared, load_weights,
+                                     write_atomically, write_json)
 from pipeline.train import build_data, build_task, build_trainer, fit, log_trained_model, start
 
 
@@ -27,6 +28,14 @@ def pipeline_run(cfg: DictConfig):
         tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
     name = f"dvc exp {experiment}" if experiment else "dvc repro"
     return tracking.experiment_run(cfg, name, overrides=[], tags=tags)
+
+
+def prepared_summary(datamodule) -> dict:
+    """What the MLflow run records of the prepare stage's output: its md5 (the same hash dvc.lock holds) and the
+    split sizes, not the tensors themselves (CIFAR-10's are 150 MB)."""
+    md5 = hashlib.md5(PREPARED.read_bytes()).hexdigest()
+    return {"path": str(PREPARED), "md5": md5, "classes": datamodule.class_names,
+            "splits": {split: len(y) for split, (_, y) in datamodule.splits.items()}}
 
 
 def remove_scratch(checkpoint: Path, output_dir: Path) -> None:
@@ -59,6 +68,7 @@ def train(cfg: DictConfig) -> None:
         if mlflow_run is not None:
             log_trained_model(mlflow_run, task, datamodule)
             tracking.log_files(run_id, [HISTORY], "dvc/train")
+            tracking.log_dict(run_id, prepared_summary(datamodule), "dvc/prepare/summary.json")
     best_values = "  ".join(f"{key}={value:.4f}" for key, value in sorted(metrics.items()) if key.endswith("_best"))
     print(f"trained {cfg.model._target_.rsplit('.', 1)[-1]} for {len(history.rows)} epochs: {best_values} "
           f"-> {CHECKPOINT}, {HISTORY}")
