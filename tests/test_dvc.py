@@ -13,7 +13,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import ROOT, all_runs
-from pipeline.stages.params import anchor_paths
+from pipeline.stages.params import MACHINE_VARIABLES, anchor_paths
 from pipeline.train import fill_from_data
 
 # A small CNN for three epochs on the bundled digits: seconds per stage, and the CNN plots exist.
@@ -24,8 +24,7 @@ CNN_PLOTS = {"learning_curves.png", "confusion_matrix.png", "misclassified.png",
 
 
 def command_env() -> dict:
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("MLFLOW_TRACKING_URI", "PIPELINE_ROOT", "PIPELINE_DATA_DIR", "PIPELINE_CACHE_DIR")}
+    env = {key: value for key, value in os.environ.items() if key not in MACHINE_VARIABLES}
     # The stages run `python -m ...`: this interpreter's environment first on PATH, as an activated venv is.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["DVC_NO_ANALYTICS"] = "1"

@@ -80,6 +80,16 @@ def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def exit_with_one_line(error: BaseException, wants_traceback: bool) -> None:
+    """Print an input error as one line and exit with status 2; re-raise a bug (or anything, when the user
+    asked for tracebacks) as it is."""
+    message = None if wants_traceback else describe(error)
+    if message is None:
+        raise error
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def with_clear_errors(hydra_main) -> None:
     """Run a @hydra.main function; turn input errors into one line and end any open sweep run on failure."""
     user_wants_traceback = "HYDRA_FULL_ERROR" in os.environ
@@ -97,11 +107,7 @@ def with_clear_errors(hydra_main) -> None:
         raise
     except BaseException as error:
         tracking.end_open_sweep(tracking.end_status(error))
-        message = None if user_wants_traceback else describe(error)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+        exit_with_one_line(error, user_wants_traceback)
 
 
 def run_stage(stage) -> None:
@@ -113,8 +119,4 @@ def run_stage(stage) -> None:
     try:
         stage(params.load())
     except Exception as error:
-        message = None if "HYDRA_FULL_ERROR" in os.environ else describe(error)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+        exit_with_one_line(error, "HYDRA_FULL_ERROR" in os.environ)

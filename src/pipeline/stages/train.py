@@ -1,7 +1,6 @@
 """Stage 2: fit the model on the prepared splits; write the best checkpoint and the per-epoch history, and start
 this pipeline run's MLflow run (the later stages add their results to it)."""
 import contextlib
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -10,6 +9,7 @@ from omegaconf import DictConfig
 
 from pipeline import tracking
 from pipeline.cli import run_stage
+from pipeline.data.download import md5_of
 from pipeline.history import EpochHistory
 from pipeline.stages.outputs import (CHECKPOINT, HISTORY, PREPARED, RUN, load_prepared, load_weights,
                                      write_atomically, write_json)
@@ -33,17 +33,17 @@ def pipeline_run(cfg: DictConfig):
 def prepared_summary(datamodule) -> dict:
     """What the MLflow run records of the prepare stage's output: its md5 (the same hash dvc.lock holds) and the
     split sizes, not the tensors themselves (CIFAR-10's are 150 MB)."""
-    md5 = hashlib.md5(PREPARED.read_bytes()).hexdigest()
-    return {"path": str(PREPARED), "md5": md5, "classes": datamodule.class_names,
+    return {"path": str(PREPARED), "md5": md5_of(PREPARED), "classes": datamodule.class_names,
             "splits": {split: len(y) for split, (_, y) in datamodule.splits.items()}}
 
 
 def remove_scratch(checkpoint: Path, output_dir: Path) -> None:
     """Lightning's checkpoint folder, once the best checkpoint is copied out: the folder right below
     paths.output_dir that holds it (checkpoints/, or <logger>/version_0/ without the checkpoint callback)."""
-    if not checkpoint.resolve().is_relative_to(output_dir.resolve()):
+    try:
+        parts = checkpoint.resolve().relative_to(output_dir.resolve()).parts
+    except ValueError:  # not inside paths.output_dir: not ours to remove
         return
-    parts = checkpoint.resolve().relative_to(output_dir.resolve()).parts
     if len(parts) > 1:
         shutil.rmtree(output_dir / parts[0], ignore_errors=True)
 
