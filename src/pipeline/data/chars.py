@@ -2,7 +2,6 @@
 folder with other languages works unchanged; names become padded token-id rows (PAD = 0 marks the end)."""
 import hashlib
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from pipeline.data.download import download
 from pipeline.data.in_memory import InMemoryDataModule
 from pipeline.data.vocabulary import CharVocabulary
 from pipeline.errors import ChecksumError, ConfigError, DataError
+from pipeline.files import scratch_folder
 
 
 def read_lines(path: Path) -> list[tuple[int, str]]:
@@ -78,8 +78,7 @@ class CharNamesDataModule(InMemoryDataModule):
     def fetch(self) -> None:
         """Download the archive, check every names file against its published md5, then move the folder into
         place in one rename. The archive itself has no published checksum; its files do."""
-        self.folder.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.folder.parent, prefix=".names-download-") as scratch:
+        with scratch_folder(self.folder.parent, "names-download") as scratch:
             archive = download([self.url], Path(scratch) / "archive.zip", md5=None)
             unpacked = Path(scratch) / "names"
             unpacked.mkdir()

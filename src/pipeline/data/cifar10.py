@@ -3,7 +3,6 @@ import os
 import pickle
 import shutil
 import tarfile
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 from pipeline.data.download import download
 from pipeline.data.images import ImageDataModule
 from pipeline.errors import DataError
+from pipeline.files import scratch_folder
 
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCHES = ["test_batch"]
@@ -45,9 +45,7 @@ class CIFAR10DataModule(ImageDataModule):
         return [self.folder / name for name in TRAIN_BATCHES + TEST_BATCHES]
 
     def fetch(self) -> None:
-        parent = self.folder.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=parent, prefix=".cifar-download-") as scratch:
+        with scratch_folder(self.folder.parent, "cifar-download") as scratch:
             archive = download([self.archive_url], Path(scratch) / "cifar-10-python.tar.gz", self.archive_md5)
             with tarfile.open(archive) as tar:
                 tar.extractall(scratch, filter="data")

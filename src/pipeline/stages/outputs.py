@@ -1,7 +1,8 @@
 """Where the stages write: the files dvc.yaml declares as outs, metrics and plots (relative to the project)."""
 import json
-import os
 from pathlib import Path
+
+from pipeline.files import write_atomically  # the stages import it from here too
 
 RESULTS = Path("results")
 PREPARED = RESULTS / "prepare" / "data.pt"  # the splits as tensors, and the class names
@@ -11,19 +12,6 @@ RUN = RESULTS / "train" / "mlflow_run.json"  # the MLflow run of this pipeline r
 METRICS = RESULTS / "evaluate" / "metrics.json"
 PREDICTIONS = RESULTS / "evaluate" / "predictions.csv"  # actual,predicted per test example
 PLOTS = RESULTS / "visualize"
-
-
-def write_atomically(path: Path, write) -> Path:
-    """`write(partial_path)` writes the file; it then replaces `path` in one rename, so a killed stage never
-    leaves a half-written output for DVC to record."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        write(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
 
 
 def write_json(path: Path, values: dict) -> Path:
