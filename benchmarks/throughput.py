@@ -82,6 +82,8 @@ def time_plain_loop(cfg) -> float:
         one_cycle = partial.func is torch.optim.lr_scheduler.OneCycleLR
         scheduler = partial(optimizer, total_steps=len(batches) * cfg.trainer.max_epochs) if one_cycle else partial(optimizer)
     bf16 = str(cfg.trainer.get("precision", "32")).startswith("bf16")
+    # As the Trainer sets it (trainer.deterministic), which otherwise stays set for all later plain runs but the first.
+    torch.use_deterministic_algorithms(bool(cfg.trainer.get("deterministic")))
     same_loss_as_task(task, *next(iter(datamodule.val_dataloader())))  # val: leaves the training shuffle untouched
     model.train()
     start = time.perf_counter()
