@@ -9,6 +9,7 @@ import tarfile
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
@@ -142,16 +143,16 @@ def test_missing_files_offline_say_where_to_put_them(tmp_path):
 def test_download_verifies_checksums_and_then_trains(http_folder, tmp_path, compose_config):
     served, url = http_folder
     md5s = write_mnist(served)
-    cfg = compose_config("data=mnist", "model=lenet", "trainer=debug", "logger=none", "callbacks=none",
+    cfg = compose_config("data=mnist", "model=mlp", "trainer.max_epochs=5", "logger=none", "callbacks=none",
                          f"data.root={tmp_path}/data", f"data.cache_dir={tmp_path}/cache", "data.val_fraction=0.2")
     datamodule = instantiate(cfg.data, mirrors=[url], files=md5s)
     datamodule.setup()
     for name in md5s:
         assert (tmp_path / "data" / "MNIST" / "raw" / name).read_bytes() == (served / name).read_bytes()
     assert not list((tmp_path / "data" / "MNIST" / "raw").glob(".*part"))
-    # the whole pipeline on the downloaded copy
+    # the whole pipeline on the downloaded copy: each class is a square at its own place, chance is 0.1
     metrics = run(cfg, overrides=[])
-    assert 0 <= metrics["test/acc"] <= 1
+    assert metrics["test/acc"] >= 0.9
 
 
 def test_checksum_mismatch_writes_nothing(http_folder, tmp_path):
@@ -167,24 +168,36 @@ def test_checksum_mismatch_writes_nothing(http_folder, tmp_path):
     assert not (tmp_path / "cache" / "mnist.pt").exists()
 
 
-def test_cifar_batches_decode_and_augment(tmp_path):
-    write_cifar(tmp_path / "data" / "cifar-10-batches-py")
+def test_cifar_batches_decode_in_order_as_channel_planes(tmp_path):
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    write_cifar(folder)
     module = cifar_module(tmp_path)
     module.setup()
     x, y = module.splits["train"]
     assert x.shape == (160, 3, 32, 32) and module.splits["test"][0].shape == (40, 3, 32, 32)
     assert set(y.tolist()) == set(range(10))
+    # each row of a batch is 1024 red values, then green, then blue, each 32x32 row by row
+    decoded = module.decode()
+    with open(folder / "data_batch_2", "rb") as handle:
+        second = pickle.load(handle, encoding="bytes")
+    first_of_second = decoded["train_x"][40]  # batch 1 holds 40 images
+    assert torch.equal(first_of_second[1], torch.from_numpy(second[b"data"][0, 1024:2048].reshape(32, 32)))
+    assert decoded["train_y"][40:80].tolist() == second[b"labels"]
 
 
-def test_cifar_download_unpacks_the_verified_archive(http_folder, tmp_path):
-    served, url = http_folder
-    staging = tmp_path / "staging"
+def serve_cifar_archive(served, staging) -> str:
+    """A tiny cifar-10-python.tar.gz in the official layout, served over HTTP; returns its md5."""
     write_cifar(staging / "cifar-10-batches-py")
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         tar.add(staging / "cifar-10-batches-py", arcname="cifar-10-batches-py")
     (served / "cifar-10-python.tar.gz").write_bytes(buffer.getvalue())
-    good = hashlib.md5(buffer.getvalue()).hexdigest()
+    return hashlib.md5(buffer.getvalue()).hexdigest()
+
+
+def test_cifar_download_unpacks_the_verified_archive(http_folder, tmp_path):
+    served, url = http_folder
+    good = serve_cifar_archive(served, tmp_path / "staging")
 
     bad = cifar_module(tmp_path, download=True, archive_url=url + "cifar-10-python.tar.gz", archive_md5="f" * 32)
     with pytest.raises(DataError, match="checksum mismatch"):
@@ -206,18 +219,80 @@ def test_truncated_cifar_batch_is_a_clear_error_and_writes_no_cache(tmp_path):
     assert not (tmp_path / "cache" / "cifar10.pt").exists()
 
 
-def test_batch_augmentation_crops_and_flips_whole_batches():
-    generator = torch.Generator().manual_seed(0)
-    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
-    cropped = random_crop(x, 2, generator)
+def crop_offsets(cropped: torch.Tensor, x: torch.Tensor, padding: int) -> list[tuple[int, int]]:
+    """For each image, where its window lies in the zero-padded original (a crop must be exactly one window)."""
+    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    size = 2 * padding + 1
+    offsets = []
+    for i in range(len(x)):
+        found = [(dy, dx) for dy in range(size) for dx in range(size)
+                 if torch.equal(cropped[i], padded[i, :, dy:dy + x.shape[2], dx:dx + x.shape[3]])]
+        assert len(found) == 1, f"image {i} is not a window of its padded original"
+        offsets += found
+    return offsets
+
+
+def test_random_crop_shifts_each_image_by_its_own_offset():
+    x = torch.arange(64 * 3 * 8 * 8, dtype=torch.float32).view(64, 3, 8, 8) + 1  # every pixel distinct, none 0
+    cropped = random_crop(x, 2, torch.Generator().manual_seed(0))
     assert cropped.shape == x.shape
-    # every crop is a shifted window of the zero-padded image
-    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
-    for i in range(2):
-        windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
-        assert any(torch.equal(cropped[i], window) for window in windows)
-    flipped = random_flip(x, torch.Generator().manual_seed(1))
-    for i in range(2):
-        assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(2))
+    offsets = crop_offsets(cropped, x, 2)
+    assert len(set(offsets)) >= 15  # 25 possible offsets, drawn per image, not one per batch
+    assert offsets.count((2, 2)) < 10  # (2, 2) is the unshifted image
     assert torch.equal(random_crop(x, 2, torch.Generator().manual_seed(5)),
                        random_crop(x, 2, torch.Generator().manual_seed(5)))
+
+
+def test_random_flip_mirrors_about_half_the_images_left_to_right():
+    x = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    flipped = random_flip(x, torch.Generator().manual_seed(1))
+    mirrored = [torch.equal(flipped[i], x[i][:, :, torch.arange(7, -1, -1)]) for i in range(64)]
+    kept = [torch.equal(flipped[i], x[i]) for i in range(64)]
+    assert all(m != k for m, k in zip(mirrored, kept))  # each image either mirrored or untouched
+    assert 16 <= sum(mirrored) <= 48
+
+
+class BatchRecorder(pl.LightningModule):
+    """A linear classifier that keeps every batch it is given, as the training, validation and test steps see them."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(3 * 32 * 32, 10)
+        self.seen = {"train": [], "val": [], "test": []}
+
+    def step(self, batch, stage):
+        self.seen[stage].append(batch[0].clone())
+        return torch.nn.functional.cross_entropy(self.layer(batch[0].flatten(1)), batch[1])
+
+    def training_step(self, batch, batch_idx):
+        return self.step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self.step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self.step(batch, "test")
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+@pytest.mark.parametrize("augment", [True, False], ids=["crop+flip", "off"])
+def test_augmentation_changes_training_batches_only(tmp_path, augment):
+    write_cifar(tmp_path / "data" / "cifar-10-batches-py")
+    module = cifar_module(tmp_path, crop_padding=4 if augment else 0, flip=augment)
+    model = BatchRecorder()
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=module)
+    trainer.test(model, datamodule=module, verbose=False)
+    originals = {image.numpy().tobytes() for image in module.splits["train"][0]}
+    trained = torch.cat(model.seen["train"])
+    assert len(trained) == 2 * 160
+    untouched = sum(image.numpy().tobytes() in originals for image in trained)
+    if augment:
+        assert untouched < 0.1 * len(trained)  # unshifted and unflipped: 1 in 162
+    else:
+        assert untouched == len(trained)
+    for stage, times in (("val", 2), ("test", 1)):  # the split itself, in order, every time
+        assert torch.equal(torch.cat(model.seen[stage]), module.splits[stage][0].repeat(times, 1, 1, 1))
