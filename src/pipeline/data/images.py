@@ -1,14 +1,40 @@
 """Image datasets on disk: find or download the files, decode them once into a cached tensor file, then serve
 normalised in-memory batches with whole-batch augmentation (random crop with padding, horizontal flip)."""
-import os
+import functools
+import hashlib
+import logging
 from pathlib import Path
 
 import torch
 
 from pipeline.data.in_memory import InMemoryDataModule, stratified_split
-from pipeline.errors import ChecksumError, DataError
+from pipeline.errors import ChecksumError, DataError, first_line
+from pipeline.files import write_atomically
 
-CACHE_VERSION = 1  # bump when the decoded layout changes, so old caches are rebuilt
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 2  # bump when the decoded layout changes, so old caches are rebuilt (2: a digest of the tensors)
+CHECKED = set()  # stamp() of the caches this process has verified: Lightning calls prepare_data() more than once
+
+
+def stamp(path: Path) -> tuple | None:
+    """Which file is at `path` now: a rebuilt or replaced cache has another inode, size or time."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return str(path), info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def digest_of(arrays: dict) -> str:
+    """sha256 of every tensor's name, type, shape and bytes: one flipped bit of the pixels or labels changes it
+    (sha256 because it is the fastest of hashlib's digests on current CPUs, ~2 GB/s)."""
+    digest = hashlib.sha256()
+    for key in sorted(key for key, value in arrays.items() if isinstance(value, torch.Tensor)):
+        tensor = arrays[key].contiguous()
+        digest.update(f"{key} {tensor.dtype} {list(tensor.shape)};".encode())
+        digest.update(tensor.numpy())
+    return digest.hexdigest()
 
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
@@ -45,6 +71,7 @@ class ImageDataModule(InMemoryDataModule):
         self.flip = flip
         self.download = download
         self.augment_generator = torch.Generator().manual_seed(self.seed)
+        self.cached = None  # the cache's tensors between prepare_data() and setup(), so they are read once
 
     # --- what a dataset family implements ---------------------------------------------------------
     def required_files(self) -> list[Path]:
@@ -88,24 +115,45 @@ class ImageDataModule(InMemoryDataModule):
         return [CACHE_VERSION] + [(path.name, path.stat().st_size) for path in self.required_files()]
 
     def prepare_data(self) -> None:
-        """Download if needed and decode once; later runs load the cached tensors (a few hundred ms)."""
-        if self.cache_is_current():
+        """Download if needed and decode once into the cache; later runs load the cache (checked against its
+        digest once per process) and need no raw files at all."""
+        if stamp(self.cache_path) in CHECKED:
             return
-        self.ensure_files()
-        arrays = self.decode()
-        arrays["fingerprint"] = self.fingerprint()
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = self.cache_path.with_name(f".{self.cache_path.name}.{os.getpid()}.part")
-        torch.save(arrays, partial)
-        os.replace(partial, self.cache_path)  # atomic: a killed run never leaves a half-written cache
+        try:
+            self.cached = self.read_cache()
+        except DataError as damaged:
+            if self.missing_files():
+                raise DataError(f"{damaged}, and the raw files to rebuild it are not in {self.folder}: put them "
+                                "there, or delete the cache and run with data.download=true") from None
+            log.warning(f"{damaged}; rebuilding it from {self.folder}")
+        if self.cached is None:
+            self.ensure_files()
+            arrays = self.decode()
+            arrays["fingerprint"] = self.fingerprint()
+            arrays["digest"] = digest_of(arrays)
+            write_atomically(self.cache_path, functools.partial(torch.save, arrays))
+            self.cached = arrays
+        CHECKED.add(stamp(self.cache_path))
 
-    def cache_is_current(self) -> bool:
+    def read_cache(self) -> dict | None:
+        """The cached tensors (memory-mapped: the digest reads each page once, the splits then take them from
+        memory), or None when there is none or the raw files changed; a DataError naming a damaged cache."""
         if not self.cache_path.exists():
-            return False
-        if self.missing_files():
-            return True  # the decoded cache is all there is, and all a run needs
-        # mmap: reads the small fingerprint without loading the images
-        return torch.load(self.cache_path, mmap=True)["fingerprint"] == self.fingerprint()
+            return None
+        try:
+            arrays = torch.load(self.cache_path, mmap=True)
+            fingerprint, version = arrays["fingerprint"], arrays["fingerprint"][0]
+        except Exception as error:  # a damaged file fails in the zip reader, the unpickler or the lookup alike
+            reason = first_line(error).split(". ")[0]  # torch's zip errors go on for five sentences
+            raise DataError(f"{self.cache_path} is truncated or unreadable ({type(error).__name__}: "
+                            f"{reason})") from None
+        if not self.missing_files() and fingerprint != self.fingerprint():
+            return None  # decoded from other raw files, or by an older version: rebuilt without a word
+        if version != CACHE_VERSION:
+            raise DataError(f"{self.cache_path} was written by another version (cache {version}, now {CACHE_VERSION})")
+        if arrays.get("digest") != digest_of(arrays):
+            raise DataError(f"{self.cache_path} does not match its digest: its content was altered or damaged")
+        return arrays
 
     # --- splits and batches ---------------------------------------------------------------------
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
@@ -127,7 +175,8 @@ class ImageDataModule(InMemoryDataModule):
 
     def load_splits(self):
         self.prepare_data()
-        arrays = torch.load(self.cache_path)
+        arrays = self.cached if self.cached is not None else torch.load(self.cache_path, mmap=True)
+        self.cached = None  # the splits below are copies; the mapping is no longer needed
         train = (self.normalise(arrays["train_x"]), arrays["train_y"].long())
         test = (self.normalise(arrays["test_x"]), arrays["test_y"].long())
         train, val = stratified_split(*train, self.val_fraction, self.seed)
