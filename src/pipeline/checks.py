@@ -22,6 +22,7 @@ def _integer(v) -> bool:
 RULES = [
     # (key, accepts(value), what is allowed)
     ("seed", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ("resume", lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "null, auto or an MLflow run id"),
     ("threads", lambda v: v is None or (_integer(v) and v >= 1), "null or an integer >= 1"),
     ("data.batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("data.num_classes", lambda v: v is None or (_integer(v) and v >= 2),
@@ -130,3 +131,14 @@ def check_model_fits_data(model: torch.nn.Module, cfg: DictConfig, example: torc
     if tuple(out.shape) != expected:
         raise ConfigError(f"model {model_name} outputs shape {list(out.shape)[1:]} for data={cfg.data.name}, "
                           f"which needs {cfg.data.num_classes} class logits")
+
+
+def check_job(cfg: DictConfig) -> None:
+    """All of a run's checks that need no data loaded: the values, and one forward pass of the model on
+    stand-in inputs of the data's declared shape (where the data declares its sizes; chars finds them on loading)."""
+    check_config(cfg)
+    sizes = [OmegaConf.select(cfg, key, default=_ABSENT) for key in ("data.num_classes", "data.vocab_size")]
+    if "model" in cfg and None not in sizes:
+        from hydra.utils import instantiate
+
+        check_model_fits_data(instantiate(cfg.model), cfg)

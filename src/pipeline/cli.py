@@ -8,8 +8,7 @@ from hydra.errors import (ConfigCompositionException, InstantiationException, Mi
                           OverrideParseException)
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline import tracking
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, TrainingError, first_line
 
 
 def _first_line(text: str) -> str:
@@ -18,7 +17,7 @@ def _first_line(text: str) -> str:
 
 def describe(error: BaseException) -> str | None:
     """The one-line message for an input error, or None for a bug (which keeps its traceback)."""
-    if isinstance(error, ConfigError):
+    if isinstance(error, (ConfigError, TrainingError)):
         return str(error)
     if isinstance(error, MissingConfigException) and error.options is not None:
         missing = error.missing_cfg_file or ""
@@ -48,32 +47,44 @@ def describe(error: BaseException) -> str | None:
             match = re.search(r"full_key: (\S+)", str(error))
             key, reason = match.group(1) if match else "config", _first_line(cause)
             return reason if reason.startswith(key) else f"{key}: {reason}"
-        return _first_line(error)
+        where = _first_line(error).rstrip(":")
+        return f"{where}: {type(cause).__name__}: {_first_line(cause)}" if cause is not None else where
     if isinstance(error, OmegaConfBaseException):
         return _first_line(error)
     return None
 
 
-class InputError(SystemExit):
-    """Bad input found inside a job. A SystemExit, so Hydra passes it through without its multi-line report,
-    and a sweep (also across joblib workers) stops with the one line."""
+def one_line(error: BaseException) -> str:
+    """What went wrong, in one line, for any error: the message of a known one, else the type and first line of
+    its root cause (a failed job in a sweep's report, a failed run's error tag)."""
+    return describe(error) or f"{type(error).__name__}: {first_line(error)}"
+
+
+class SingleRunError(SystemExit):
+    """The error of a single run (not a sweep), carried past Hydra as a SystemExit, which Hydra lets through
+    without printing its own report first; with_clear_errors unpacks it."""
+
+    def __init__(self, error: Exception):
+        super().__init__(1)
+        self.error = error
 
 
 def run_job(cfg):
-    """The body of run.py's @hydra.main: run the experiment and return the sweep objective (for sweepers),
-    turning input errors into InputError."""
+    """The body of run.py's @hydra.main: run the experiment in this job's own folder and return the sweep
+    objective (for sweepers). Inside a sweep an error ends only this job: the sweeper records it and goes on."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from pipeline.train import run
 
-    cfg.paths.output_dir = HydraConfig.get().runtime.output_dir  # this job's own folder
+    hydra_cfg = HydraConfig.get()
+    cfg.paths.output_dir = hydra_cfg.runtime.output_dir
     try:
         return run(cfg).get(cfg.sweep.objective, float("nan"))
     except Exception as error:
-        message = describe(error)
-        if message is None:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
             raise
-        raise InputError(message) from None
+        raise SingleRunError(error) from None
 
 
 def _raise_keyboard_interrupt(signum, frame):
@@ -81,42 +92,44 @@ def _raise_keyboard_interrupt(signum, frame):
 
 
 def exit_with_one_line(error: BaseException, wants_traceback: bool) -> None:
-    """Print an input error as one line and exit with status 2; re-raise a bug (or anything, when the user
-    asked for tracebacks) as it is."""
+    """Print a known error as one line and exit (status 1 for a failed run, 2 for refused input); re-raise a bug
+    (or anything, when the user asked for tracebacks) as it is."""
     message = None if wants_traceback else describe(error)
     if message is None:
         raise error
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(1 if isinstance(error, TrainingError) else 2)
+
+
+def stopped() -> None:
+    """Ctrl-C or SIGTERM: the runs are already marked KILLED; say so in one line and exit as shells expect."""
+    print("stopped: the interrupted runs are marked KILLED in MLflow", file=sys.stderr)
+    sys.exit(130)
 
 
 def with_clear_errors(hydra_main) -> None:
-    """Run a @hydra.main function; turn input errors into one line and end any open sweep run on failure."""
+    """Run a @hydra.main function; turn known errors into one line, and `kill` (SIGTERM) into Ctrl-C."""
     user_wants_traceback = "HYDRA_FULL_ERROR" in os.environ
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's multi-line report
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # `kill` ends runs like Ctrl-C does
     try:
         hydra_main()
-    except InputError as error:
-        tracking.end_open_sweep("FAILED")
-        print(f"error: {error.code}", file=sys.stderr)
-        sys.exit(2)
-    except SystemExit as stop:
-        if stop.code not in (0, None):
-            tracking.end_open_sweep("KILLED")
-        raise
-    except BaseException as error:
-        tracking.end_open_sweep(tracking.end_status(error))
+    except KeyboardInterrupt:
+        stopped()
+    except SingleRunError as failed:
+        exit_with_one_line(failed.error, user_wants_traceback)
+    except Exception as error:
         exit_with_one_line(error, user_wants_traceback)
 
 
 def run_stage(stage) -> None:
-    """Run a DVC stage, `stage(cfg)` with the config from params.yaml, with run.py's error handling: an input
-    error is one line and exit status 2."""
+    """Run a DVC stage, `stage(cfg)` with the config from params.yaml, with run.py's error handling."""
     from pipeline.stages import params
 
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         stage(params.load())
+    except KeyboardInterrupt:
+        stopped()
     except Exception as error:
         exit_with_one_line(error, "HYDRA_FULL_ERROR" in os.environ)

@@ -16,3 +16,8 @@ class ChecksumError(DataError):
 def first_line(error: BaseException) -> str:
     """An error's message cut to its first line (library errors run on for pages), or its type if it has none."""
     return next(iter(str(error).strip().splitlines()), type(error).__name__)
+
+
+class TrainingError(RuntimeError):
+    """A run that failed for a reason the user can act on (training diverged, no job of a sweep finished). Its
+    message is the single line shown; the exit status is 1, not 2 (which means the input was refused)."""

@@ -9,43 +9,56 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import liveness
 from pipeline.errors import first_line
+from pipeline.store import artifact_root, ensure_store
 
 log = logging.getLogger(__name__)
-# MLflow announces every schema migration of a new SQLite store at INFO level on stderr.
-for _chatty in ("mlflow.store.db.utils", "alembic"):
-    logging.getLogger(_chatty).setLevel(logging.WARNING)
 
-# The sweep's parent run id, set by the sweep callback in the launching process and inherited by its jobs.
+# The sweep's parent run id, set by the sweeper in the launching process and inherited by its jobs.
 PARENT_RUN_ENV = "PIPELINE_SWEEP_PARENT_RUN_ID"
 SWEPT_KEYS_ENV = "PIPELINE_SWEPT_KEYS"
+
+_ghosts_checked: set[str] = set()  # stores this process has already searched for dead runs
 
 
 def uses_mlflow(cfg: DictConfig) -> bool:
     return str(OmegaConf.select(cfg, "logger._target_", default="")).endswith("MLFlowLogger")
 
 
-def artifact_root(tracking_uri: str) -> str | None:
-    """Artifacts of a local SQLite store go beside the database, not into whatever folder the run started in."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
-    return (db.parent / "mlruns").as_uri()
+def client(tracking_uri: str):
+    """The MLflow client of a store, opened the safe way: the store made ready under its lock (see store.py),
+    MLflow's global URI set to it, and, once per process, runs left RUNNING by dead processes marked KILLED."""
+    import mlflow
+
+    ensure_store(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow_client = mlflow.MlflowClient(tracking_uri)
+    if tracking_uri not in _ghosts_checked:
+        _ghosts_checked.add(tracking_uri)
+        for run_id in liveness.mark_ghosts_killed(mlflow_client):
+            log.warning("run %s was left RUNNING by a process that died; marked KILLED", run_id)
+    return mlflow_client
 
 
 def experiment_id(cfg: DictConfig) -> str:
-    """Return the id of the config's experiment, creating it (and on first use the store's schema)."""
-    import mlflow
+    """Return the id of the config's experiment, creating it if needed (another process may create it at the
+    same moment: then theirs is used)."""
+    from mlflow.exceptions import MlflowException
 
-    uri = cfg.logger.tracking_uri
-    mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient(uri)
-    experiment = client.get_experiment_by_name(cfg.logger.experiment_name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-    return client.create_experiment(cfg.logger.experiment_name, artifact_location=artifact_root(uri))
+    uri, name = cfg.logger.tracking_uri, cfg.logger.experiment_name
+    mlflow_client = client(uri)
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return mlflow_client.create_experiment(name, artifact_location=artifact_root(uri))
+        except MlflowException:
+            experiment = mlflow_client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        mlflow_client.restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
@@ -74,50 +87,74 @@ def end_status(error: BaseException) -> str:
     return "KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED"
 
 
+def end_reason(error: BaseException) -> str:
+    """What the run's error tag says: the error's first line, or that it was stopped."""
+    from pipeline.cli import one_line
+
+    if end_status(error) == "KILLED":
+        return "stopped (Ctrl-C or SIGTERM)"
+    return one_line(error)[:1000]
+
+
 @contextmanager
 def ending_run():
-    """End MLflow's active run when the block ends: FINISHED, FAILED on an error, KILLED on Ctrl-C."""
+    """End MLflow's active run when the block ends: FINISHED, FAILED on an error, KILLED on Ctrl-C; a run that
+    did not finish says why in its `pipeline.error` tag."""
     import mlflow
 
     try:
         yield
     except BaseException as error:
+        if mlflow.active_run() is not None:
+            mlflow.set_tag(liveness.ERROR, end_reason(error))
         mlflow.end_run(end_status(error))
         raise
     else:
         mlflow.end_run("FINISHED")
 
 
-@contextmanager
-def experiment_run(cfg: DictConfig, run_name: str, overrides: list[str], parent_run_id: str | None = None,
-                   tags: dict[str, str] | None = None):
-    """An MLflow run that always ends (see ending_run), never left RUNNING; it starts with the config logged."""
+def reopen(mlflow_client, run_id: str):
+    """Start an existing run again (status RUNNING), recorded as this process's."""
     import mlflow
 
-    if parent_run_id:
-        experiment = mlflow.MlflowClient(cfg.logger.tracking_uri).get_run(parent_run_id).info.experiment_id
-        mlflow.set_tracking_uri(cfg.logger.tracking_uri)
+    for key, value in liveness.process_tags().items():
+        mlflow_client.set_tag(run_id, key, value)
+    if liveness.ERROR in mlflow_client.get_run(run_id).data.tags:
+        mlflow_client.delete_tag(run_id, liveness.ERROR)
+    return mlflow.start_run(run_id=run_id)
+
+
+@contextmanager
+def experiment_run(cfg: DictConfig, run_name: str, overrides: list[str], parent_run_id: str | None = None,
+                   tags: dict[str, str] | None = None, resume_run_id: str | None = None):
+    """An MLflow run that always ends (see ending_run), never left RUNNING; it starts with the config logged.
+    With `resume_run_id` the run is that earlier one, reopened (its params and config are already there)."""
+    import mlflow
+
+    mlflow_client = client(cfg.logger.tracking_uri)
+    if resume_run_id:
+        run = reopen(mlflow_client, resume_run_id)
     else:
-        experiment = experiment_id(cfg)
-    tags = {**(tags or {}), **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
-    run = mlflow.start_run(experiment_id=experiment, run_name=run_name, tags=tags)
-    with ending_run():
-        params = flatten(cfg)
-        items = list(params.items())
-        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            mlflow.log_params(dict(items[start : start + 100]))
-        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
-        mlflow.log_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))), "config/overrides.yaml")
+        experiment = (mlflow_client.get_run(parent_run_id).info.experiment_id if parent_run_id
+                      else experiment_id(cfg))
+        tags = {**(tags or {}), **liveness.process_tags(),
+                **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+        run = mlflow.start_run(experiment_id=experiment, run_name=run_name, tags=tags)
+    with ending_run(), liveness.Heartbeat(mlflow_client, run.info.run_id):
+        if not resume_run_id:
+            params = flatten(cfg)
+            items = list(params.items())
+            for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+                mlflow.log_params(dict(items[start : start + 100]))
+            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
+            mlflow.log_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))), "config/overrides.yaml")
         yield run
 
 
 @contextmanager
 def resumed_run(tracking_uri: str, run_id: str):
     """Reopen a finished run to add to it (a later DVC stage adding its results), ending it the same way."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
-    run = mlflow.start_run(run_id=run_id)
+    run = reopen(client(tracking_uri), run_id)
     with ending_run():
         yield run
 
@@ -171,13 +208,3 @@ def log_generated_files(run_id: str, artifact_dir: str, make_files, client=None)
 
     with tempfile.TemporaryDirectory() as folder:
         log_files(run_id, make_files(Path(folder)), artifact_dir, client)
-
-
-def end_open_sweep(status: str) -> None:
-    """Mark this process's sweep parent run as ended after a failure, so it is not left RUNNING."""
-    run_id = os.environ.pop(PARENT_RUN_ENV, None)
-    uri = os.environ.pop(PARENT_RUN_ENV + "_URI", None)
-    if run_id and uri:
-        import mlflow
-
-        mlflow.MlflowClient(uri).set_terminated(run_id, status)

@@ -4,20 +4,25 @@ import functools
 import logging
 import os
 import warnings
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from pipeline import tracking
+from pipeline import resume, tracking
 from pipeline.checks import check_config, check_model_fits_data
+from pipeline.divergence import StopOnDivergence
+from pipeline.errors import ConfigError
 from pipeline.viz.plots import model_plots
 
 log = logging.getLogger(__name__)
 # Lightning advertises a cloud logger at every start; users of this pipeline have MLflow.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.getMessage())
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# A diverged loss reaches the mean-loss metric before StopOnDivergence ends the run with a clearer message.
+warnings.filterwarnings("ignore", message="Encountered `nan` values in tensor")
 
 
 def hydra_overrides() -> tuple[list[str], str | None, list[str]]:
@@ -35,8 +40,11 @@ def hydra_overrides() -> tuple[list[str], str | None, list[str]]:
 
 
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    """The callbacks group's, then the ones no run goes without: a resumable last checkpoint with the random
+    state, and a stop on divergence."""
     callbacks = cfg.get("callbacks") or {}
-    return [instantiate(callback) for callback in callbacks.values() if callback and "_target_" in callback]
+    chosen = [instantiate(callback) for callback in callbacks.values() if callback and "_target_" in callback]
+    return chosen + [resume.last_checkpoint(cfg.paths.output_dir), resume.RandomState(), StopOnDivergence()]
 
 
 def build_logger(cfg: DictConfig, run) -> pl.loggers.Logger | bool:
@@ -91,12 +99,13 @@ def start(cfg: DictConfig) -> None:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
 
-def fit(trainer: pl.Trainer, task: pl.LightningModule, datamodule) -> tuple[dict[str, float], str]:
-    """Fit; return the final metrics and the best checkpoint's path ("" when nothing was checkpointed)."""
-    trainer.fit(task, datamodule=datamodule)
-    checkpoint = trainer.checkpoint_callback
-    best = checkpoint.best_model_path if checkpoint is not None and not trainer.fast_dev_run else ""
-    return metrics_of(trainer), best
+def fit(trainer: pl.Trainer, task: pl.LightningModule, datamodule,
+        resume_from: Path | None = None) -> tuple[dict[str, float], str]:
+    """Fit (from `resume_from`, a last checkpoint, if given); return the final metrics and the best checkpoint's
+    path ("" when no callback chose a best one)."""
+    trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from)
+    best = next((callback.best_model_path for callback in trainer.checkpoint_callbacks if callback.monitor), "")
+    return metrics_of(trainer), "" if trainer.fast_dev_run else best
 
 
 def metrics_of(trainer: pl.Trainer) -> dict[str, float]:
@@ -111,21 +120,51 @@ def log_trained_model(mlflow_run, task, datamodule) -> None:
     tracking.log_dict(mlflow_run.info.run_id, datamodule.describe(), "data/description.json")
 
 
+def resume_point(cfg: DictConfig, overrides: list[str], output_dir: str | None = None):
+    """The config to run and the run it continues (None: a new run), as `resume` says. `resume=<run id>` alone
+    takes that run's recorded config; with other overrides the config they compose must be the run's."""
+    if not cfg.get("resume"):
+        return cfg, None
+    if not tracking.uses_mlflow(cfg):
+        raise ConfigError(f"resume={cfg.resume}: runs to resume are found in MLflow; it needs logger=mlflow")
+    client = tracking.client(cfg.logger.tracking_uri)
+    if cfg.resume == "auto":
+        found = resume.find(cfg, client, tracking.experiment_id(cfg), output_dir)
+        if found is None:
+            log.warning("resume=auto: no stopped or crashed run of this config has a last checkpoint; "
+                        "starting a new run")
+            return cfg, None
+    elif all(override.startswith("resume=") for override in overrides):
+        recorded = resume.recorded_config(client, str(cfg.resume))
+        return recorded, resume.by_run_id(recorded, client, str(cfg.resume), same_config=False)
+    else:
+        found = resume.by_run_id(cfg, client, str(cfg.resume))
+    cfg.paths.output_dir = found.output_dir
+    return cfg, found
+
+
 def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str | None = None,
         swept_keys: list[str] | None = None) -> dict[str, float]:
     """Train, test and track the experiment `cfg` describes; return its final train/val/test metrics."""
-    start(cfg)
     if overrides is None:
         overrides, parent_run_id, swept_keys = hydra_overrides()
+    check_config(cfg)
+    cfg, resumed = resume_point(cfg, overrides)
+    start(cfg)
+    identity = {resume.DIGEST: resume.config_digest(cfg), resume.OUTPUT_DIR: str(Path(cfg.paths.output_dir).resolve())}
     datamodule = build_data(cfg)
     task = build_task(cfg, datamodule)
 
     run_name = tracking.run_name(overrides, swept_keys)
-    tracked = (tracking.experiment_run(cfg, run_name, overrides, parent_run_id)
+    tracked = (tracking.experiment_run(cfg, run_name, overrides, parent_run_id, tags=identity,
+                                       resume_run_id=resumed and resumed.run_id)
                if tracking.uses_mlflow(cfg) else contextlib.nullcontext())
     with tracked as mlflow_run:
         trainer = build_trainer(cfg, mlflow_run)
-        metrics, best = fit(trainer, task, datamodule)
+        if resumed:
+            resume.quiet_existing_folder_warning()
+            log.info("resuming run %s from %s", resumed.run_id, resumed.checkpoint)
+        metrics, best = fit(trainer, task, datamodule, resumed and resumed.checkpoint)
         trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=True)
         metrics.update(metrics_of(trainer))
         if mlflow_run is not None:

@@ -3,26 +3,26 @@ import torch
 
 
 class TensorBatches:
-    """An iterable of (x, y) batches that reshuffles every epoch from its own seeded generator.
+    """An iterable of (x, y) batches; with a generator, reshuffled every epoch from it (the datamodule owns the
+    generator, so its state travels in checkpoints and a resumed run draws the same orders).
 
     Lightning accepts any sized iterable as a dataloader; this one costs one index_select per batch,
     which is what a plain PyTorch loop over pre-shuffled tensors pays.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator | None = None):
         if len(x) != len(y):
             raise ValueError(f"inputs and labels differ in length: {len(x)} vs {len(y)}")
         self.x, self.y = x, y
         self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = generator
 
     def __len__(self) -> int:
         return (len(self.x) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self):
         n = len(self.x)
-        if self.shuffle:
+        if self.generator is not None:
             order = torch.randperm(n, generator=self.generator)
             x, y = self.x[order], self.y[order]
         else:

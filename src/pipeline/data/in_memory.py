@@ -40,6 +40,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.seed = seed
         self.class_weighting = class_weighting
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.shuffle_generator = torch.Generator().manual_seed(seed)
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -70,6 +71,15 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.class_names = list(prepared["class_names"])
         self.num_classes = prepared["num_classes"]
 
+    def state_dict(self) -> dict:
+        """The state of every random generator the datamodule draws from (shuffling, augmentation), which
+        Lightning keeps in checkpoints: a resumed run then sees the batches an uninterrupted one would."""
+        return {name: value.get_state() for name, value in vars(self).items() if isinstance(value, torch.Generator)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for name, state in state_dict.items():
+            getattr(self, name).set_state(state)
+
     def class_counts(self) -> torch.Tensor:
         """Training examples per class: what class-weighted losses balance against."""
         return torch.bincount(self.splits["train"][1], minlength=self.num_classes)
@@ -89,7 +99,7 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     def batches(self, split: str, shuffle: bool = False) -> TensorBatches:
         x, y = self.splits[split]
-        return TensorBatches(x, y, self.batch_size, shuffle=shuffle, seed=self.seed)
+        return TensorBatches(x, y, self.batch_size, self.shuffle_generator if shuffle else None)
 
     def train_dataloader(self):
         return self.batches("train", shuffle=True)

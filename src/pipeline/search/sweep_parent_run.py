@@ -1,43 +1,71 @@
-"""A Hydra callback that groups a multirun in MLflow: one parent run, a child per job, a summary at the end."""
+"""A sweep in MLflow: one parent run, a child per job, and, however the sweep ends, a summary on the parent."""
 import math
 import os
+from contextlib import contextmanager
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from pipeline import tracking
+from pipeline import liveness, tracking
+
+ENV = (tracking.PARENT_RUN_ENV, tracking.PARENT_RUN_ENV + "_URI", tracking.SWEPT_KEYS_ENV)
 
 
-class SweepParentRun(Callback):
-    """Creates the parent run before any job starts (which also creates a new store's schema once, so
-    parallel jobs never race to create it) and, when the sweep ends, ranks the children by the objective."""
+class SweepParent:
+    """The open parent run, and the jobs that failed (overrides, error), which the summary lists."""
 
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        if not tracking.uses_mlflow(config):
-            return
-        import mlflow
+    def __init__(self, run_id: str | None):
+        self.run_id = run_id
+        self.failures: list[tuple[list[str], BaseException]] = []
 
-        uri = config.logger.tracking_uri
-        client = mlflow.MlflowClient(uri)
-        sweep = " ".join(config.hydra.overrides.task) or "defaults"
-        run = client.create_run(tracking.experiment_id(config), run_name=f"sweep: {sweep}",
-                                tags={"pipeline.sweep": sweep, "pipeline.sweep_dir": str(config.hydra.sweep.dir)})
-        client.log_text(run.info.run_id, "\n".join(config.hydra.overrides.task) + "\n", "sweep/overrides.txt")
-        os.environ[tracking.PARENT_RUN_ENV] = run.info.run_id
-        os.environ[tracking.SWEPT_KEYS_ENV] = ",".join(swept_keys(config))
-        os.environ[tracking.PARENT_RUN_ENV + "_URI"] = uri
 
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        run_id = os.environ.get(tracking.PARENT_RUN_ENV)
-        if not run_id or not tracking.uses_mlflow(config):
-            return
-        import mlflow
-
-        client = mlflow.MlflowClient(config.logger.tracking_uri)
-        summarise(client, run_id, config.sweep.objective, config.sweep.direction)
-        client.set_terminated(run_id, "FINISHED")
-        for name in (tracking.PARENT_RUN_ENV, tracking.PARENT_RUN_ENV + "_URI", tracking.SWEPT_KEYS_ENV):
+@contextmanager
+def sweep_parent_run(config: DictConfig):
+    """Create the parent run and hand its id to the jobs (by environment variable, which joblib workers inherit).
+    When the block ends the parent is summarised and ends FINISHED if any child finished, FAILED if none did;
+    when it is interrupted, it and every child still running end KILLED."""
+    if not tracking.uses_mlflow(config):
+        yield SweepParent(None)
+        return
+    uri = config.logger.tracking_uri
+    client = tracking.client(uri)
+    sweep = " ".join(config.hydra.overrides.task) or "defaults"
+    run = client.create_run(tracking.experiment_id(config), run_name=f"sweep: {sweep}",
+                            tags={"pipeline.sweep": sweep, "pipeline.sweep_dir": str(config.hydra.sweep.dir),
+                                  **liveness.process_tags()})
+    run_id = run.info.run_id
+    client.log_text(run_id, "\n".join(config.hydra.overrides.task) + "\n", "sweep/overrides.txt")
+    os.environ.update(zip(ENV, (run_id, uri, ",".join(swept_keys(config)))))
+    parent = SweepParent(run_id)
+    try:
+        with liveness.Heartbeat(client, run_id):
+            yield parent
+    except BaseException as error:
+        status = tracking.end_status(error)
+        end_running_children(client, run_id, status, tracking.end_reason(error))
+        summarise(client, run_id, config.sweep.objective, config.sweep.direction, parent.failures)
+        client.set_tag(run_id, liveness.ERROR, tracking.end_reason(error))
+        client.set_terminated(run_id, status)
+        raise
+    else:
+        children = summarise(client, run_id, config.sweep.objective, config.sweep.direction, parent.failures)
+        client.set_terminated(run_id, "FINISHED" if any(c.info.status == "FINISHED" for c in children) else "FAILED")
+    finally:
+        for name in ENV:
             os.environ.pop(name, None)
+
+
+def children_of(client, parent_run_id: str):
+    parent = client.get_run(parent_run_id)
+    return client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                              order_by=["attributes.start_time ASC"])
+
+
+def end_running_children(client, parent_run_id: str, status: str, reason: str) -> None:
+    """Children a stopped sweep leaves behind (parallel workers are terminated without a chance to say so)."""
+    for child in children_of(client, parent_run_id):
+        if child.info.status == "RUNNING":
+            client.set_tag(child.info.run_id, liveness.ERROR, f"its sweep was {reason}")
+            client.set_terminated(child.info.run_id, status)
 
 
 def swept_keys(config: DictConfig) -> list[str]:
@@ -63,32 +91,38 @@ def log_curves(client, parent_run_id: str, children) -> None:
         parent_run_id, "sweep", lambda folder: [plot_sweep_curves(histories, CURVES, folder / "curves.png")], client)
 
 
-def summarise(client, parent_run_id: str, objective: str, direction: str) -> dict | None:
-    """Log a table of the children and their objective on the parent, and tag the best child."""
-    parent = client.get_run(parent_run_id)
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                                  order_by=["attributes.start_time ASC"])
+def summarise(client, parent_run_id: str, objective: str, direction: str, failures=()):
+    """Log a table of the children (status, objective, test metrics, error) and the failed jobs on the parent, tag
+    the best child, and return the children."""
+    from pipeline.cli import one_line
+
+    children = children_of(client, parent_run_id)
     # The objective, then every test metric a child reported (accuracy, macro-F1, loss, ...).
     columns = [objective] + sorted({key for child in children for key in child.data.metrics
                                     if key.startswith("test/") and key != objective})
     rows = []
     for child in children:
         rows.append({"run": child.info.run_name, "run_id": child.info.run_id, "status": child.info.status,
+                     "error": child.data.tags.get(liveness.ERROR, ""),
                      **{key: child.data.metrics.get(key, math.nan) for key in columns}})
-    scored = [row for row in rows if not math.isnan(row[objective])]
+    scored = [row for row in rows if row["status"] == "FINISHED" and not math.isnan(row[objective])]
     best = (max if direction == "maximize" else min)(scored, key=lambda row: row[objective]) if scored else None
 
-    header = ["run", "status", *columns, "run_id"]
+    header = ["run", "status", *columns, "run_id", "error"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         mark = " (best)" if row is best else ""
         values = " | ".join(f"{row[key]:.4f}" for key in columns)
-        lines.append(f"| {row['run']}{mark} | {row['status']} | {values} | {row['run_id']} |")
+        lines.append(f"| {row['run']}{mark} | {row['status']} | {values} | {row['run_id']} | {row['error']} |")
     text = f"Sweep summary: {len(rows)} runs, objective {objective} ({direction})\n\n" + "\n".join(lines) + "\n"
+    if failures:
+        text += f"\nFailed jobs ({len(failures)}):\n\n" + "".join(
+            f"- {' '.join(overrides)}: {one_line(error)}\n" for overrides, error in failures)
     client.log_text(parent_run_id, text, "sweep/summary.md")
-    log_curves(client, parent_run_id, children)
+    if children:
+        log_curves(client, parent_run_id, children)
     client.log_metric(parent_run_id, "sweep/children", len(rows))
+    client.log_metric(parent_run_id, "sweep/failed", len(failures))
     if best is not None:
         client.set_tag(parent_run_id, "best_run_id", best["run_id"])
         client.set_tag(parent_run_id, "best_run_name", best["run"])
@@ -97,4 +131,4 @@ def summarise(client, parent_run_id: str, objective: str, direction: str) -> dic
             if not math.isnan(best[key]):
                 client.log_metric(parent_run_id, f"best/{key}", best[key])
     print(text)
-    return best
+    return children

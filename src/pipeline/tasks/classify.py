@@ -35,7 +35,10 @@ class Classifier(pl.LightningModule):
         # Not on train: a per-step F1 update would cost time for a number nobody reads.
         self.f1 = nn.ModuleDict({stage: MulticlassF1Score(num_classes, average="macro") for stage in ("val_", "test_")})
         self.mean_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("train_", "val_", "test_")})
+        # The best epoch so far; persistent, so it is in checkpoints and a resumed run remembers it.
         self.val_best = nn.ModuleDict({"acc": MaxMetric(), "f1_macro": MaxMetric()})
+        for best in self.val_best.values():
+            best.persistent(True)
 
     def forward(self, x):
         return self.model(x)
@@ -80,10 +83,6 @@ class Classifier(pl.LightningModule):
         weights = getattr(self.trainer.datamodule, "class_weights", None)
         if weights is not None and self.class_weight is None:
             self.class_weight = weights()
-
-    def on_fit_start(self):
-        for best in self.val_best.values():
-            best.reset()
 
     def configure_optimizers(self):
         optimizer = self.optimizer(params=self.parameters())
