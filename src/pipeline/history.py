@@ -3,6 +3,7 @@ history the DVC train stage writes as a plots file."""
 import csv
 from pathlib import Path
 
+from pytorch_lightning import Callback
 from pytorch_lightning.loggers import Logger
 
 
@@ -39,6 +40,19 @@ class EpochHistory(Logger):
             for epoch in sorted(self.rows):
                 writer.writerow({**self.rows[epoch], "epoch": epoch})
         return path
+
+
+class HistoryInCheckpoints(Callback):
+    """Keeps an EpochHistory's rows in checkpoints: a resumed train stage still writes every epoch's row."""
+
+    def __init__(self, history: EpochHistory):
+        self.history = history
+
+    def state_dict(self) -> dict:
+        return {"rows": self.history.rows}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history.rows = dict(state_dict["rows"])
 
 
 def read_history(path: Path) -> list[dict[str, float]]:

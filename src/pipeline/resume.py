@@ -88,35 +88,34 @@ def find(cfg: DictConfig, client, experiment_id: str, output_dir: str | None = N
 
 def recorded_config(client, run_id: str) -> DictConfig:
     """The config a run was started with (its config/config.yaml artifact), to be resumed by run id alone."""
-    from mlflow.exceptions import MlflowException
+    import os
 
-    try:
-        text = Path(client.download_artifacts(run_id, "config/config.yaml")).read_text()
-    except (MlflowException, OSError):
-        raise ConfigError(f"resume={run_id}: no such run, or it has no recorded config/config.yaml") from None
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar for one small file is noise
+    text = Path(client.download_artifacts(run_id, "config/config.yaml")).read_text()
     cfg = OmegaConf.create(text)
     cfg.resume = run_id
     return cfg
 
 
-def by_run_id(cfg: DictConfig, client, run_id: str, same_config: bool = True) -> Resumable:
-    """The run `resume=<run id>` names, refused with one line when it can't be continued (or, with
-    `same_config`, when `cfg` is not the config it was trained with)."""
+def by_run_id(cfg: DictConfig | None, client, run_id: str) -> Resumable:
+    """The run `resume=<run id>` names, refused with one line when it can't be continued, or when `cfg` (None:
+    the run's own recorded config is used) is not the config it was trained with."""
     from mlflow.exceptions import MlflowException
 
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise ConfigError(f"resume={run_id}: no such run in {cfg.logger.tracking_uri}") from None
+        raise ConfigError(f"resume={run_id}: no such run in {client.tracking_uri}") from None
     found = Resumable(run_id, run.data.tags.get(OUTPUT_DIR, ""))
     if run.info.status in ("FINISHED", "RUNNING"):
         state = "finished" if run.info.status == "FINISHED" else "still running"
         raise ConfigError(f"resume={run_id}: the run is {state}; only a stopped, failed or killed run can be resumed")
-    if not found.checkpoint.exists():
-        raise ConfigError(f"resume={run_id}: its last checkpoint {found.checkpoint} is gone")
-    if same_config and run.data.tags.get(DIGEST) != config_digest(cfg):
+    if cfg is not None and run.data.tags.get(DIGEST) != config_digest(cfg):
         raise ConfigError(f"resume={run_id}: that run was trained with another config; give the same command it "
                           "was started with (its config/overrides.yaml in MLflow), plus resume=...")
+    if not found.checkpoint.exists():
+        raise ConfigError(f"resume={run_id}: it has no last checkpoint ({found.checkpoint}): it stopped before its "
+                          "first epoch ended, or the file was removed")
     return found
 
 

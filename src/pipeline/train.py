@@ -85,10 +85,10 @@ def build_task(cfg: DictConfig, datamodule) -> pl.LightningModule:
     return instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
 
 
-def build_trainer(cfg: DictConfig, mlflow_run, loggers=()) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, mlflow_run, loggers=(), callbacks=()) -> pl.Trainer:
     logger = build_logger(cfg, mlflow_run)
     all_loggers = ([logger] if logger else []) + list(loggers)
-    return instantiate(cfg.trainer, logger=all_loggers or False, callbacks=build_callbacks(cfg))
+    return instantiate(cfg.trainer, logger=all_loggers or False, callbacks=build_callbacks(cfg) + list(callbacks))
 
 
 def start(cfg: DictConfig) -> None:
@@ -135,12 +135,19 @@ def resume_point(cfg: DictConfig, overrides: list[str], output_dir: str | None =
                         "starting a new run")
             return cfg, None
     elif all(override.startswith("resume=") for override in overrides):
-        recorded = resume.recorded_config(client, str(cfg.resume))
-        return recorded, resume.by_run_id(recorded, client, str(cfg.resume), same_config=False)
+        found = resume.by_run_id(None, client, str(cfg.resume))
+        cfg = resume.recorded_config(client, found.run_id)
     else:
         found = resume.by_run_id(cfg, client, str(cfg.resume))
     cfg.paths.output_dir = found.output_dir
+    resume.quiet_existing_folder_warning()
     return cfg, found
+
+
+def run_identity(cfg: DictConfig) -> dict[str, str]:
+    """The tags by which `resume` finds a run again: what it computes and where its checkpoints are. Taken before
+    the data fills in sizes the config leaves open, as resume_point sees the config."""
+    return {resume.DIGEST: resume.config_digest(cfg), resume.OUTPUT_DIR: str(Path(cfg.paths.output_dir).resolve())}
 
 
 def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str | None = None,
@@ -151,7 +158,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str 
     check_config(cfg)
     cfg, resumed = resume_point(cfg, overrides)
     start(cfg)
-    identity = {resume.DIGEST: resume.config_digest(cfg), resume.OUTPUT_DIR: str(Path(cfg.paths.output_dir).resolve())}
+    identity = run_identity(cfg)
     datamodule = build_data(cfg)
     task = build_task(cfg, datamodule)
 
@@ -162,7 +169,6 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str 
     with tracked as mlflow_run:
         trainer = build_trainer(cfg, mlflow_run)
         if resumed:
-            resume.quiet_existing_folder_warning()
             log.info("resuming run %s from %s", resumed.run_id, resumed.checkpoint)
         metrics, best = fit(trainer, task, datamodule, resumed and resumed.checkpoint)
         trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=True)

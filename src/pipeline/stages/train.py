@@ -7,27 +7,29 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from pipeline import tracking
+from pipeline import resume, tracking
 from pipeline.cli import run_stage
 from pipeline.data.download import md5_of
-from pipeline.history import EpochHistory
+from pipeline.history import EpochHistory, HistoryInCheckpoints
 from pipeline.stages.outputs import (CHECKPOINT, HISTORY, PREPARED, RUN, load_prepared, load_weights,
                                      write_atomically, write_json)
-from pipeline.train import build_data, build_task, build_trainer, fit, log_trained_model, start
+from pipeline.train import (build_data, build_task, build_trainer, fit, log_trained_model, resume_point,
+                            run_identity, start)
 
 
-def pipeline_run(cfg: DictConfig):
-    """The MLflow run of this pipeline run, named after the DVC experiment when there is one."""
+def pipeline_run(cfg: DictConfig, resumed):
+    """The MLflow run of this pipeline run, named after the DVC experiment when there is one (or the run of a
+    train stage that was stopped, which this one continues)."""
     if not tracking.uses_mlflow(cfg):
         return contextlib.nullcontext()
     experiment = os.environ.get("DVC_EXP_NAME")
-    tags = {"pipeline.entry": "dvc"}
+    tags = {"pipeline.entry": "dvc", **run_identity(cfg)}
     if experiment:
         tags["dvc.experiment"] = experiment
     if os.environ.get("DVC_EXP_BASELINE_REV"):
         tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
     name = f"dvc exp {experiment}" if experiment else "dvc repro"
-    return tracking.experiment_run(cfg, name, overrides=[], tags=tags)
+    return tracking.experiment_run(cfg, name, overrides=[], tags=tags, resume_run_id=resumed and resumed.run_id)
 
 
 def prepared_summary(datamodule) -> dict:
@@ -48,14 +50,29 @@ def remove_scratch(checkpoint: Path, output_dir: Path) -> None:
         shutil.rmtree(output_dir / parts[0], ignore_errors=True)
 
 
+def resume_stopped_stage(cfg: DictConfig):
+    """A train stage that was stopped or died left its last checkpoint in paths.output_dir (DVC removes only the
+    declared outputs): the next `dvc repro` with the same params continues it, in the same MLflow run."""
+    left = Path(cfg.paths.output_dir) / "checkpoints"
+    if not (left / resume.LAST).exists() or not tracking.uses_mlflow(cfg):
+        return cfg, None
+    cfg.resume = "auto"
+    cfg, resumed = resume_point(cfg, [], output_dir=str(Path(cfg.paths.output_dir).resolve()))
+    if resumed is None:  # left by a run of other params: not this run's to continue
+        cfg.resume = None
+        shutil.rmtree(left, ignore_errors=True)
+    return cfg, resumed
+
+
 def train(cfg: DictConfig) -> None:
+    cfg, resumed = resume_stopped_stage(cfg)
     start(cfg)
     datamodule = build_data(cfg, prepared=load_prepared())
     task = build_task(cfg, datamodule)
     history = EpochHistory()
-    with pipeline_run(cfg) as mlflow_run:
-        trainer = build_trainer(cfg, mlflow_run, loggers=[history])
-        metrics, best = fit(trainer, task, datamodule)
+    with pipeline_run(cfg, resumed) as mlflow_run:
+        trainer = build_trainer(cfg, mlflow_run, loggers=[history], callbacks=[HistoryInCheckpoints(history)])
+        metrics, best = fit(trainer, task, datamodule, resumed and resumed.checkpoint)
         if best:
             write_atomically(CHECKPOINT, lambda partial: shutil.copyfile(best, partial))
             remove_scratch(Path(best), Path(cfg.paths.output_dir))

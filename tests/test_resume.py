@@ -1,0 +1,104 @@
+"""Nothing lost: a run killed without a word is found and marked KILLED, and `resume` continues it from its last
+epoch, in the same MLflow run, to exactly the result of a run that was never interrupted."""
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, all_runs
+
+# dropout and shuffling draw random numbers every step: a resume that lost any random state would differ
+ARGS = ["trainer.max_epochs=8", "regularization=dropout", "data.batch_size=16"]
+
+
+def epochs_logged(db) -> int:
+    """Epochs the running run has logged, read straight from the SQLite file (cheap enough to poll)."""
+    try:
+        with sqlite3.connect(db) as connection:
+            return connection.execute("SELECT count(*) FROM metrics m JOIN runs r ON m.run_uuid = r.run_uuid "
+                                      "WHERE m.key = 'val/acc' AND r.status = 'RUNNING'").fetchone()[0]
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
+def start_and_stop_at_epoch(tmp_path, tracking_uri, epoch: int, how: int, *args: str):
+    all_runs(tracking_uri)  # the store exists before polling it
+    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={tmp_path}/first"],
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while epochs_logged(tmp_path / "mlflow.db") < epoch:
+        assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.02)
+    process.send_signal(how)
+    process.communicate(timeout=60)
+    return process
+
+
+def metrics_of(run) -> dict:
+    return {key: value for key, value in run.data.metrics.items() if key.startswith(("test/", "val/"))}
+
+
+def test_kill_9_then_resume_auto_continues_the_same_run_to_the_uninterrupted_result(run_py, tmp_path, tracking_uri):
+    uninterrupted = run_py(*ARGS)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    _, (reference,) = all_runs(tracking_uri)
+
+    start_and_stop_at_epoch(tmp_path, tracking_uri, 3, signal.SIGKILL, *ARGS)
+    _, runs = all_runs(tracking_uri)
+    (killed,) = [run for run in runs if run.info.run_id != reference.info.run_id]
+    assert killed.info.status == "RUNNING"  # nothing could say otherwise: the process died at once
+
+    resumed = run_py(*ARGS, "resume=auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    client, runs = all_runs(tracking_uri)
+    assert len(runs) == 2  # no new run: the killed one went on
+    (continued,) = [run for run in runs if run.info.run_id == killed.info.run_id]
+    assert continued.info.status == "FINISHED"
+    assert "pipeline.error" not in continued.data.tags
+    # every epoch, at the same steps (an epoch stopped between logging and checkpointing is logged twice, alike)
+    steps = {m.step for m in client.get_metric_history(continued.info.run_id, "val/acc")}
+    assert steps == {m.step for m in client.get_metric_history(reference.info.run_id, "val/acc")}
+    expected, got = metrics_of(reference), metrics_of(continued)
+    assert got.keys() == expected.keys() and "test/acc" in got
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+
+
+def test_a_run_killed_without_a_word_is_marked_killed_when_the_pipeline_next_starts(run_py, tmp_path, tracking_uri):
+    start_and_stop_at_epoch(tmp_path, tracking_uri, 1, signal.SIGKILL, *ARGS)
+    result = run_py("trainer.max_epochs=1")  # any later start against the store
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, runs = all_runs(tracking_uri)
+    ghost = [run for run in runs if run.data.params["trainer.max_epochs"] == "8"][0]
+    assert ghost.info.status == "KILLED"
+    assert "ended without a word" in ghost.data.tags["pipeline.error"]
+
+
+def test_resume_by_run_id_alone_takes_the_recorded_config(run_py, tmp_path, tracking_uri):
+    start_and_stop_at_epoch(tmp_path, tracking_uri, 2, signal.SIGINT, *ARGS)
+    _, (stopped,) = all_runs(tracking_uri)
+    assert stopped.info.status == "KILLED"
+
+    resumed = run_py(f"resume={stopped.info.run_id}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    client, (run,) = all_runs(tracking_uri)
+    assert run.info.status == "FINISHED" and run.data.params["data.batch_size"] == "16"
+    assert len({m.step for m in client.get_metric_history(run.info.run_id, "val/acc")}) == 8
+
+    again = run_py(f"resume={run.info.run_id}")  # finished: nothing to continue
+    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
+        f"error: resume={run.info.run_id}: the run is finished; only a stopped, failed or killed run can be resumed"]
+    unknown = run_py("resume=0123456789abcdef")
+    assert unknown.returncode == 2 and "resume=0123456789abcdef" in unknown.stderr.strip().splitlines()[-1]
+
+
+def test_resume_with_another_config_is_refused(run_py, tmp_path, tracking_uri):
+    start_and_stop_at_epoch(tmp_path, tracking_uri, 2, signal.SIGINT, *ARGS)
+    _, (stopped,) = all_runs(tracking_uri)
+    result = run_py(*ARGS, "optimizer.lr=0.5", f"resume={stopped.info.run_id}")
+    assert result.returncode == 2
+    assert "trained with another config" in result.stderr.strip().splitlines()[-1]
