@@ -324,3 +324,31 @@ def test_a_stage_without_params_or_with_a_bad_value_is_one_clear_line(tmp_path):
     result = sh(tmp_path, sys.executable, "-m", "pipeline.stages.prepare", check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: optimizer.lr=-1"), result.stderr
+
+
+def test_a_train_stage_killed_mid_run_continues_when_run_again(tmp_path):
+    import signal
+
+    from test_resume import epochs_logged
+
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    sh(tmp_path, sys.executable, "-m", "pipeline.stages.params", "trainer.max_epochs=6", "data.batch_size=16")
+    sh(tmp_path, sys.executable, "-m", "pipeline.stages.prepare")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    all_runs(uri)
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.stages.train"], cwd=tmp_path, env=command_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while epochs_logged(tmp_path / "mlflow.db") < 3:
+        assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.02)
+    process.kill()  # kill -9: no chance to say anything
+    process.communicate()
+
+    sh(tmp_path, sys.executable, "-m", "pipeline.stages.train")  # what `dvc repro` runs again
+    client, runs = all_runs(uri)
+    assert [run.info.status for run in runs] == ["FINISHED"]  # the same MLflow run, continued
+    assert len({m.step for m in client.get_metric_history(runs[0].info.run_id, "val/acc")}) == 6
+    history = (tmp_path / "results/train/history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3", "4", "5", "6"]
+    assert not (tmp_path / "results/train/checkpoints").exists()  # the scratch folder goes once it is done

@@ -1,4 +1,5 @@
 """Bad input: one clear line (key, value, what is allowed), a non-zero exit, and no MLflow run left RUNNING."""
+import os
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ BAD_INPUT = [
     (["data.batch_size=0"], ["data.batch_size=0", ">= 1"]),
     (["model.input_shape=[5]"], ["MLP", "digits", "[1, 8, 8]"]),  # a model that can't take the data's shape
     (["data=xor", "data.input_shape=[3]"], ["data.input_shape=[3]", "[2]"]),
-    (["-m", "optimizer.lr=0.1,-1"], ["optimizer.lr=-1", "> 0"]),  # inside a sweep too
+    (["-m", "optimizer.lr=0.1,-1"], ["sweep job 1", "optimizer.lr=-1", "> 0", "nothing was run"]),  # sweeps too
 ]
 
 
@@ -30,9 +31,7 @@ def test_bad_input_is_one_clear_line(run_py, tracking_uri, args, words):
     result = run_py(*args, timeout=120)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
-    if "-m" not in args:  # a sweep's earlier, good jobs print their own progress first
-        assert len(lines) == 1, result.stderr
-    assert [line for line in lines if line.startswith("error")] == lines[-1:], result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for word in words:
         assert word in lines[-1], lines[-1]
     _, runs = all_runs(tracking_uri)
@@ -66,22 +65,51 @@ def wait_for_running(tracking_uri: str, count: int, process, limit: float = 90):
     raise AssertionError("no run started")
 
 
-@pytest.mark.parametrize("sweep", [False, True], ids=["run", "sweep"])
-def test_ctrl_c_marks_runs_killed(tmp_path, tracking_uri, sweep):
-    args = ["-m", "optimizer=sgd,adam"] if sweep else []
+STOPS = {  # (arguments, signal, to the whole process group as a terminal's Ctrl-C does)
+    "run-ctrl-c": ([], signal.SIGINT, True),
+    "run-sigterm": ([], signal.SIGTERM, False),
+    "sweep-ctrl-c": (["-m", "optimizer=sgd,adam"], signal.SIGINT, True),
+    "joblib-sweep-ctrl-c": (["-m", "optimizer=sgd,adam", "hydra/launcher=joblib"], signal.SIGINT, True),
+    "joblib-sweep-sigterm": (["-m", "optimizer=sgd,adam", "hydra/launcher=joblib"], signal.SIGTERM, False),
+}
+
+
+@pytest.mark.parametrize("stop", STOPS)
+def test_ctrl_c_or_sigterm_marks_every_run_killed_without_a_traceback(tmp_path, tracking_uri, stop):
+    args, how, whole_group = STOPS[stop]
     command = [sys.executable, str(ROOT / "run.py"), *args, "trainer.max_epochs=10000",
                f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep"]
-    all_runs(tracking_uri)  # create the store first: two processes migrating a new SQLite file at once collide
+    all_runs(tracking_uri)  # the store exists before polling it
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=interruptible)
+                               preexec_fn=interruptible, start_new_session=True)
+    parallel = "hydra/launcher=joblib" in args
     try:
-        wait_for_running(tracking_uri, 1, process)
-        process.send_signal(signal.SIGINT)
+        wait_for_running(tracking_uri, 2 if parallel else 1, process)
+        if whole_group:
+            os.killpg(process.pid, how)
+        else:
+            process.send_signal(how)
         _, stderr = process.communicate(timeout=90)
     finally:
-        process.kill()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode != 0
+    assert "Traceback" not in stderr, stderr[-3000:]
     _, runs = all_runs(tracking_uri)
-    assert len(runs) == (2 if sweep else 1), stderr[-3000:]  # a sweep: its parent and the running child
-    assert {r.info.status for r in runs} == {"KILLED"}, (
-        [(r.info.run_name, r.info.status) for r in runs], stderr[-3000:])
+    # a sweep: its parent and the running children (one at a time, or two in parallel)
+    assert len(runs) == (1 if not args else 3 if parallel else 2), stderr[-3000:]
+    assert {r.info.status for r in runs} == {"KILLED"}, ([(r.info.run_name, r.info.status) for r in runs],
+                                                         stderr[-3000:])
+    assert all("stopped" in r.data.tags["pipeline.error"] for r in runs)
+
+
+def test_divergence_stops_the_run_at_once_with_one_line(run_py, tracking_uri):
+    result = run_py("optimizer=sgd", "optimizer.lr=1e6")
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: training diverged at epoch 0, step "), line
+    assert "is nan" in line or "is inf" in line
+    assert "lower optimizer.lr or clip gradients" in line
+    client, (run,) = all_runs(tracking_uri)
+    assert run.info.status == "FAILED" and run.data.tags["pipeline.error"] == line.removeprefix("error: ")
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 0  # stopped inside the first epoch

@@ -36,3 +36,44 @@ def test_sweep_makes_a_parent_with_four_named_children_and_a_summary(run_py, tra
     assert "sweep/curves.png" in artifacts
     png = client.download_artifacts(parent.info.run_id, "sweep/curves.png")
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_job_is_checked_before_the_first_one_trains(run_py, tracking_uri, tmp_path):
+    result = run_py("-m", "regularization.dropout=0.2,1.5", "trainer.max_epochs=1")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: sweep job 1 (regularization.dropout=1.5 trainer.max_epochs=1): regularization.dropout=1.5 is "
+        "invalid: must be a number in [0, 1); nothing was run"]
+    _, runs = all_runs(tracking_uri)
+    assert runs == [] and not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_job_that_fails_while_running_is_recorded_and_the_sweep_goes_on(run_py, tracking_uri, launcher):
+    # lr=1e6 diverges at once (a run-time failure no check can foresee); the other job must still run
+    result = run_py("-m", "optimizer=sgd", "optimizer.lr=1000000.0,0.05", "trainer.max_epochs=2", f"hydra/launcher={launcher}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    failed_lines = [line for line in result.stderr.splitlines() if line.startswith("failed: ")]
+    assert len(failed_lines) == 1 and "optimizer.lr=1000000.0" in failed_lines[0] and "diverged" in failed_lines[0]
+    assert "Traceback" not in result.stderr
+
+    _, runs = all_runs(tracking_uri)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    statuses = {r.info.run_name: r.info.status for r in runs if r is not parent}
+    assert statuses == {"optimizer.lr=1000000.0": "FAILED", "optimizer.lr=0.05": "FINISHED"}
+    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/failed"] == 1
+    summary = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/sweep/summary.md")
+    assert "optimizer.lr=0.05 (best)" in summary
+    assert "Failed jobs (1)" in summary and "training diverged" in summary
+
+
+def test_a_sweep_whose_jobs_all_fail_exits_non_zero_with_a_failed_parent(run_py, tracking_uri):
+    result = run_py("-m", "optimizer=sgd", "optimizer.lr=1e6,1e7", "trainer.max_epochs=2")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len([line for line in lines if line.startswith("failed: ")]) == 2
+    assert lines[-1] == "error: all 2 jobs of the sweep failed (their errors are above and in MLflow)"
+    _, runs = all_runs(tracking_uri)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FAILED" and parent.data.metrics["sweep/failed"] == 2
+    assert mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/sweep/summary.md").count("training diverged") >= 2
