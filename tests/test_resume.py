@@ -102,3 +102,30 @@ def test_resume_with_another_config_is_refused(run_py, tmp_path, tracking_uri):
     result = run_py(*ARGS, "optimizer.lr=0.5", f"resume={stopped.info.run_id}")
     assert result.returncode == 2
     assert "trained with another config" in result.stderr.strip().splitlines()[-1]
+
+
+def test_ghosts_are_judged_by_pid_here_and_by_heartbeat_elsewhere(tracking_uri):
+    import mlflow
+
+    from pipeline import liveness, tracking
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    here = liveness.process_tags()
+    old, fresh = str(int(time.time()) - 3600), str(int(time.time()))
+    cases = {  # run name: (tags, the status it must have after the next start)
+        "dead pid here": ({**here, liveness.PID: dead.stdout.strip()}, "KILLED"),
+        "this very process": (here, "RUNNING"),
+        "reused pid here": ({**here, liveness.STARTED: "1"}, "KILLED"),
+        "silent elsewhere": ({**here, liveness.HOST: "elsewhere", liveness.HEARTBEAT: old}, "KILLED"),
+        "beating elsewhere": ({**here, liveness.HOST: "elsewhere", liveness.HEARTBEAT: fresh}, "RUNNING"),
+        "not the pipeline's": ({}, "RUNNING"),
+    }
+    client = mlflow.MlflowClient(tracking_uri)
+    tracking.ensure_store(tracking_uri)
+    experiment = client.create_experiment("ghosts")
+    ids = {name: client.create_run(experiment, run_name=name, tags=tags).info.run_id
+           for name, (tags, _) in cases.items()}
+    tracking._ghosts_checked.discard(tracking_uri)
+    tracking.client(tracking_uri)  # what every pipeline start does
+    assert {name: client.get_run(run_id).info.status for name, run_id in ids.items()} == {
+        name: status for name, (_, status) in cases.items()}

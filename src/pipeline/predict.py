@@ -70,11 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--top={args.top}: must be an integer >= 1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per load would bury the answer
     try:
-        import mlflow
+        from pipeline import tracking
 
-        uri = tracking_uri(args.tracking_uri)
-        mlflow.set_tracking_uri(uri)
-        client = mlflow.MlflowClient(uri)
+        client = tracking.client(tracking_uri(args.tracking_uri))
         run_id = args.run or latest_names_run(client)
         model, description = load(client, run_id)
         results = top_classes(model, description, args.names, args.top)

@@ -133,6 +133,8 @@ def experiment_run(cfg: DictConfig, run_name: str, overrides: list[str], parent_
 
     mlflow_client = client(cfg.logger.tracking_uri)
     if resume_run_id:
+        if parent_run_id:  # a job of a new sweep continuing its run: it belongs to this sweep now
+            mlflow_client.set_tag(resume_run_id, "mlflow.parentRunId", parent_run_id)
         run = reopen(mlflow_client, resume_run_id)
     else:
         experiment = (mlflow_client.get_run(parent_run_id).info.experiment_id if parent_run_id
