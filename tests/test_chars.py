@@ -148,8 +148,8 @@ def test_each_cell_type_overfits_a_tiny_names_set(model, names_root, compose_con
                        "+trainer.enable_progress_bar=false")
     metrics = run(cfg, overrides=[])
     assert metrics["train/acc"] >= 0.95, metrics
+    assert metrics["test/f1_macro"] == 1.0, metrics  # held-out names too: it learned the endings, not the names
     assert cfg.data.num_classes == 3 and cfg.data.vocab_size == len(ALPHABET) + 2  # filled from the data
-    assert 0 <= metrics["test/f1_macro"] <= 1
 
 
 def test_class_weighting_weighs_rare_classes_up(names_root, compose_config):
@@ -305,7 +305,7 @@ def test_recurrent_recipe_is_a_default_the_command_line_overrides(compose_config
 
 def test_model_lstm_data_chars_multirun_runs_the_declared_sweep(names_root, run_py, tracking_uri):
     result = run_py("-m", "model=lstm", "data=chars", f"data.root={names_root}", "data.download=false",
-                    "trainer.max_epochs=2", "threads=1", "callbacks.progress_bar=null")
+                    "trainer.max_epochs=5", "threads=1", "callbacks.progress_bar=null")
     assert result.returncode == 0, result.stderr[-3000:]
 
     client, runs = all_runs(tracking_uri)
@@ -315,7 +315,9 @@ def test_model_lstm_data_chars_multirun_runs_the_declared_sweep(names_root, run_
         f"model.hidden_size={h} model.num_layers={n}" for h in (64, 128) for n in (1, 2)}
     for child in children:
         assert child.info.status == "FINISHED"
-        assert 0 <= child.data.metrics["test/f1_macro"] <= 1 and "val/f1_macro_best" in child.data.metrics
+        metrics = child.data.metrics
+        assert metrics["test/f1_macro"] >= 0.6, metrics  # each size tells the endings apart (chance: about 1/3)
+        assert metrics["val/f1_macro_best"] >= metrics["val/f1_macro"]  # the best epoch, at least the last
         assert "plots/confusion_matrix.png" in [a.path for a in client.list_artifacts(child.info.run_id, "plots")]
     (best,) = [c for c in children if c.info.run_id == parent.data.tags["best_run_id"]]
     assert best.data.metrics["val/f1_macro_best"] == max(c.data.metrics["val/f1_macro_best"] for c in children)
