@@ -118,6 +118,9 @@ def test_ghosts_are_judged_by_pid_here_and_by_heartbeat_elsewhere(tracking_uri):
         "reused pid here": ({**here, liveness.STARTED: "1"}, "KILLED"),
         "silent elsewhere": ({**here, liveness.HOST: "elsewhere", liveness.HEARTBEAT: old}, "KILLED"),
         "beating elsewhere": ({**here, liveness.HOST: "elsewhere", liveness.HEARTBEAT: fresh}, "RUNNING"),
+        # a container sharing the host name sees other pids: judged by its heartbeat too
+        "beating container": ({**here, liveness.PID_NAMESPACE: "pid:[1]", liveness.HEARTBEAT: fresh}, "RUNNING"),
+        "silent container": ({**here, liveness.PID_NAMESPACE: "pid:[1]", liveness.HEARTBEAT: old}, "KILLED"),
         "not the pipeline's": ({}, "RUNNING"),
     }
     client = mlflow.MlflowClient(tracking_uri)

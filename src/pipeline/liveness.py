@@ -11,6 +11,7 @@ import threading
 import time
 
 HOST, PID, STARTED, HEARTBEAT = "pipeline.host", "pipeline.pid", "pipeline.process_started", "pipeline.heartbeat"
+PID_NAMESPACE = "pipeline.pid_namespace"  # containers on one host name see different pids
 ERROR = "pipeline.error"  # the first line of what ended a run that did not finish
 BEAT_EVERY = 60.0
 STALE_AFTER = 600.0
@@ -18,24 +19,40 @@ STALE_AFTER = 600.0
 
 def process_started(pid: int) -> str | None:
     """When process `pid` started (clock ticks since boot, from /proc), or None if there is no such process.
-    Together with the pid it names one process: pids are reused, start times are not."""
+    Together with the pid it names one process: pids are reused, start times are not. Without /proc (macOS)
+    it is "" for any live pid: the pid alone then names the process."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
+        if os.path.exists("/proc/self/stat"):
+            return None
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # someone else's process, alive
+        return ""
+    except OSError:
         return None
+    return ""
+
+
+def pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def process_tags() -> dict[str, str]:
-    return {HOST: socket.gethostname(), PID: str(os.getpid()), STARTED: str(process_started(os.getpid())),
-            HEARTBEAT: str(int(time.time()))}
+    return {HOST: socket.gethostname(), PID_NAMESPACE: pid_namespace(), PID: str(os.getpid()),
+            STARTED: str(process_started(os.getpid())), HEARTBEAT: str(int(time.time()))}
 
 
 def is_gone(tags: dict[str, str], now: float) -> bool:
     """Whether the process that runs a run with these tags has ended (a run without them is someone else's)."""
     if HOST not in tags or PID not in tags:
         return False
-    if tags[HOST] == socket.gethostname():
+    if tags[HOST] == socket.gethostname() and tags.get(PID_NAMESPACE, "") == pid_namespace():
         return process_started(int(tags[PID])) != tags.get(STARTED)
     return now - float(tags.get(HEARTBEAT, 0)) > STALE_AFTER
 
