@@ -132,3 +132,32 @@ def test_ghosts_are_judged_by_pid_here_and_by_heartbeat_elsewhere(tracking_uri):
     tracking.client(tracking_uri)  # what every pipeline start does
     assert {name: client.get_run(run_id).info.status for name, run_id in ids.items()} == {
         name: status for name, (_, status) in cases.items()}
+
+
+def test_the_datamodule_state_carries_shuffling_and_augmentation_on(tmp_path):
+    """What a checkpoint keeps of the data: after a restore, the next epoch's batches and their random crops and
+    flips are the ones the uninterrupted datamodule draws."""
+    import torch
+
+    from test_images import cifar_module, write_cifar
+
+    write_cifar(tmp_path / "data" / "cifar-10-batches-py")
+
+    def epoch(datamodule):
+        return [datamodule.augment(x) for x, _ in datamodule.train_dataloader()]
+
+    running = cifar_module(tmp_path)
+    running.setup("fit")
+    epoch(running)  # epoch 1, then a checkpoint
+    saved = running.state_dict()
+    assert set(saved) == {"shuffle_generator", "augment_generator"}
+    expected = epoch(running)  # epoch 2, uninterrupted
+
+    restored = cifar_module(tmp_path)  # a new process after a crash
+    restored.setup("fit")
+    restored.load_state_dict(saved)
+    got = epoch(restored)
+    assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected))
+    fresh = cifar_module(tmp_path)
+    fresh.setup("fit")
+    assert not torch.equal(epoch(fresh)[0], expected[0])  # without the state, epoch 2 would be epoch 1 again
