@@ -43,17 +43,17 @@ class Word2Vec(nn.Module):
         fewer dot products).
         """
         present = context >= 0
-        context_vectors = context.clamp(min=0)
+        context_ids = context.clamp(min=0)
         if self.mode == "skipgram":
             hidden = self.inputs(centre)  # (B, D)
-            positive = torch.einsum("bcd,bd->bc", self.outputs(context_vectors), hidden)
-            negative = torch.einsum("bkd,bd->bk", self.outputs(negatives), hidden)
+            positive = (self.outputs(context_ids) * hidden.unsqueeze(1)).sum(dim=-1)  # (B, C)
+            negative = (self.outputs(negatives) * hidden.unsqueeze(1)).sum(dim=-1)  # (B, K)
             pairs = present.sum(dim=1)
             total = -(F.logsigmoid(positive) * present).sum() - (pairs * F.logsigmoid(-negative).sum(dim=1)).sum()
             return total / pairs.sum().clamp(min=1)
         count = present.sum(dim=1, keepdim=True)
-        hidden = (self.inputs(context_vectors) * present.unsqueeze(-1)).sum(dim=1) / count.clamp(min=1)
+        hidden = (self.inputs(context_ids) * present.unsqueeze(-1)).sum(dim=1) / count.clamp(min=1)
         positive = (self.outputs(centre) * hidden).sum(dim=1)
-        negative = torch.einsum("bkd,bd->bk", self.outputs(negatives), hidden)
+        negative = (self.outputs(negatives) * hidden.unsqueeze(1)).sum(dim=-1)
         per_centre = -F.logsigmoid(positive) - F.logsigmoid(-negative).sum(dim=1)
         return (per_centre * (count.squeeze(1) > 0)).sum() / (count > 0).sum().clamp(min=1)
