@@ -1,12 +1,10 @@
 """benchmarks/throughput.py runs, in its tiny mode, as the README's command would, so it cannot rot unseen."""
-import importlib.util
 import math
 import re
 import subprocess
 import sys
 
 import pytest
-from torch import nn
 
 from conftest import ROOT
 
@@ -28,19 +26,3 @@ def test_tiny_benchmark_prints_a_sane_ratio_per_case():
         assert plain_rate * plain_seconds == pytest.approx(DIGITS_TRAIN, rel=0.02), name
         assert rate * seconds == pytest.approx(DIGITS_TRAIN, rel=0.02), name
         assert ratio == pytest.approx(rate / plain_rate, rel=0.05), name
-
-
-@pytest.mark.filterwarnings("ignore:You are trying to `self.log")  # the check calls the step without a trainer
-def test_the_plain_loop_stops_if_its_loss_drifts_from_the_tasks(compose_config):
-    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
-    throughput = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(throughput)
-    cfg = compose_config(*throughput.TINY["digits_cnn"], *throughput.QUIET)
-    datamodule, task = throughput.build(cfg)
-    task.class_weight = datamodule.class_weights()
-    x, y = next(iter(datamodule.val_dataloader()))
-    throughput.same_loss_as_task(task, x, y)  # as written: the task's loss, weights and smoothing included
-
-    throughput.plain_loss = lambda task, logits, y: nn.functional.cross_entropy(logits, y, weight=task.class_weight)
-    with pytest.raises(SystemExit, match="update plain_loss"):
-        throughput.same_loss_as_task(task, x, y)  # label smoothing forgotten

@@ -28,6 +28,7 @@ OFFLINE_DATA = ["digits", "moons", "spirals", "xor"]  # no files needed; image s
 IMAGE_DATA = {"digits", "mnist", "fashion_mnist", "cifar10"}
 VECTOR_MODELS = {"linear", "mlp"}  # flatten any float input; the image models need (channels, height, width)
 SEQUENCE_DATA, SEQUENCE_MODELS = {"chars"}, {"rnn", "lstm", "gru"}  # token ids; tested on files in test_chars.py
+WORD_DATA = {"text"}  # a stream of words for word2vec (task=embed); no classifier reads it; tested in test_text.py
 
 
 def compatible(data: str, model: str) -> bool:
@@ -61,6 +62,10 @@ def option_values(group: str, option: str) -> dict:
 @pytest.mark.parametrize("data", DATA)
 def test_data_model_regularization_composes_and_builds(compose_config, data, model, regularization):
     cfg = compose_config(f"data={data}", f"model={model}", f"regularization={regularization}", *sizes(data))
+    if data in WORD_DATA:  # refused at the config: the model reads sizes the word stream does not declare
+        with pytest.raises(ConfigError, match=f"but data={data} declares no data\\."):
+            check_config(cfg)
+        return
     if model in SEQUENCE_MODELS and data not in SEQUENCE_DATA:  # caught at the config, before any model
         with pytest.raises(ConfigError, match=f"but data={data} declares no data.vocab_size"):
             check_config(cfg)

@@ -9,6 +9,7 @@ from pipeline.data.in_memory import CLASS_WEIGHTINGS
 from pipeline.errors import ConfigError, first_line
 from pipeline.models.activations import ACTIVATIONS
 from pipeline.models.recurrent import CELLS
+from pipeline.tasks.losses import LOSSES
 
 
 def _number(v) -> bool:
@@ -58,6 +59,7 @@ RULES = [
     ("scheduler.gamma", lambda v: _number(v) and v > 0, "a number > 0"),
     ("scheduler.T_max", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("trainer.max_epochs", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("task.loss", lambda v: v in LOSSES, "one of " + ", ".join(LOSSES)),
     ("sweep.direction", lambda v: v in ("maximize", "minimize"), "maximize or minimize"),
 ]
 

@@ -1,9 +1,13 @@
-"""Classification: cross-entropy on logits, accuracy per stage; wraps any nn.Module that outputs logits."""
+"""Classification: a loss on class scores (cross-entropy, hinge or squared: task.loss), accuracy and macro-F1 per
+stage; wraps any nn.Module that outputs one score per class."""
 import pytorch_lightning as pl
 import torch
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from pipeline.errors import ConfigError
+from pipeline.tasks.losses import LOSSES
 
 
 class Classifier(pl.LightningModule):
@@ -17,8 +21,15 @@ class Classifier(pl.LightningModule):
     """
 
     def __init__(self, model: nn.Module, optimizer, num_classes: int, scheduler=None,
-                 log_every_step: bool = False, label_smoothing: float = 0.0, channels_last: bool = False):
+                 log_every_step: bool = False, label_smoothing: float = 0.0, channels_last: bool = False,
+                 loss: str = "cross_entropy"):
         super().__init__()
+        if loss not in LOSSES:
+            raise ConfigError(f"task.loss={loss!r} is invalid: must be one of {', '.join(LOSSES)}")
+        if loss == "hinge" and label_smoothing:
+            raise ConfigError(f"task.label_smoothing={label_smoothing} does not apply to task.loss=hinge (a margin "
+                              "loss has no target distribution to smooth): set it to 0 or pick another loss")
+        self.loss_name = loss
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -48,7 +59,7 @@ class Classifier(pl.LightningModule):
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         logits = self.model(x)
-        loss = nn.functional.cross_entropy(logits, y, weight=self.class_weight, label_smoothing=self.label_smoothing)
+        loss = self.loss(logits, y)
         # ModuleDict keys can't be "train" (a Module attribute), hence the trailing underscore.
         self.acc[stage + "_"](logits, y)
         self.mean_loss[stage + "_"](loss, weight=len(y))
@@ -62,6 +73,10 @@ class Classifier(pl.LightningModule):
         if on_step:
             self.log("train/loss_step", loss, on_step=True, on_epoch=False)
         return loss
+
+    def loss(self, logits, y):
+        """The configured loss (task.loss) with the class weights and label smoothing."""
+        return LOSSES[self.loss_name](logits, y, weight=self.class_weight, label_smoothing=self.label_smoothing)
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")
