@@ -297,7 +297,7 @@ def test_predict_without_a_names_run_says_what_to_do(tracking_uri, compose_confi
 def test_recurrent_recipe_is_a_default_the_command_line_overrides(compose_config, names_root):
     cfg = chars_config(compose_config, names_root, "model=gru")
     assert cfg.trainer.gradient_clip_val == 1.0 and cfg.regularization.dropout > 0
-    assert cfg.callbacks.model_checkpoint.monitor == "val/f1_macro" and cfg.sweep.objective == "val/f1_macro_best"
+    assert cfg.callbacks.model_checkpoint.monitor == "val/f1_macro" and cfg.task.monitor == "val/f1_macro"
     own = chars_config(compose_config, names_root, "model=gru", "regularization=none", "trainer.gradient_clip_val=null")
     assert own.regularization.dropout == 0 and own.trainer.gradient_clip_val is None
     assert compose_config("model=mlp").trainer.gradient_clip_val is None  # the recipe is the recurrent models' only

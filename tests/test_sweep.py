@@ -77,3 +77,18 @@ def test_a_sweep_whose_jobs_all_fail_exits_non_zero_with_a_failed_parent(run_py,
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert parent.info.status == "FAILED" and parent.data.metrics["sweep/failed"] == 2
     assert mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/sweep/summary.md").count("training diverged") >= 2
+
+
+def test_the_tasks_one_declaration_of_best_drives_checkpoint_and_ranking(run_py, tracking_uri, compose_config):
+    cfg = compose_config("task.monitor=val/f1_macro")
+    assert cfg.callbacks.model_checkpoint.monitor == "val/f1_macro" and cfg.callbacks.model_checkpoint.mode == "max"
+    result = run_py("-m", "optimizer.lr=0.001,0.01", "trainer.max_epochs=2", "task.monitor=val/f1_macro")
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, runs = all_runs(tracking_uri)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r is not parent]
+    best = max(children, key=lambda c: c.data.metrics["val/f1_macro_best"])
+    assert parent.data.tags["best_run_id"] == best.info.run_id and "best/val/f1_macro_best" in parent.data.metrics
+    refused = run_py("task.monitor=val/loss", "task.mode=min")
+    assert refused.returncode == 2
+    assert "task.monitor=val/loss with task.mode=min" in refused.stderr.strip().splitlines()[-1]

@@ -60,7 +60,8 @@ RULES = [
     ("scheduler.T_max", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("trainer.max_epochs", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("task.loss", lambda v: v in LOSSES, "one of " + ", ".join(LOSSES)),
-    ("sweep.direction", lambda v: v in ("maximize", "minimize"), "maximize or minimize"),
+    ("task.mode", lambda v: v in ("max", "min"), "max or min"),
+    ("task.monitor", lambda v: isinstance(v, str) and v.startswith("val/"), "a validation metric, e.g. val/acc"),
 ]
 
 _ABSENT = object()

@@ -75,12 +75,13 @@ def run_job(cfg):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from pipeline.objective import objective
     from pipeline.train import run
 
     hydra_cfg = HydraConfig.get()
     cfg.paths.output_dir = hydra_cfg.runtime.output_dir
     try:
-        return run(cfg).get(cfg.sweep.objective, float("nan"))
+        return run(cfg).get(objective(cfg)[0], float("nan"))
     except Exception as error:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from pipeline import resume, tracking
 from pipeline.checks import check_config, check_model_fits_data
+from pipeline.objective import objective
 from pipeline.divergence import StopOnDivergence
 from pipeline.errors import ConfigError
 from pipeline.viz.plots import model_plots
@@ -180,5 +181,6 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str 
             log.info("MLflow run %s (%s) in %s", mlflow_run.info.run_id, run_name, cfg.logger.tracking_uri)
 
     summary = "  ".join(f"{key}={value:.4f}" for key, value in sorted(metrics.items()) if key.startswith("test/"))
-    print(f"{run_name}: {summary}  ({cfg.sweep.objective}={metrics.get(cfg.sweep.objective, float('nan')):.4f})")
+    ranked_by = objective(cfg)[0]
+    print(f"{run_name}: {summary}  ({ranked_by}={metrics.get(ranked_by, float('nan')):.4f})")
     return metrics

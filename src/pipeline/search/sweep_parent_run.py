@@ -6,6 +6,7 @@ from contextlib import contextmanager
 from omegaconf import DictConfig
 
 from pipeline import liveness, tracking
+from pipeline.objective import objective
 
 ENV = (tracking.PARENT_RUN_ENV, tracking.PARENT_RUN_ENV + "_URI", tracking.SWEPT_KEYS_ENV)
 
@@ -42,12 +43,12 @@ def sweep_parent_run(config: DictConfig):
     except BaseException as error:
         status = tracking.end_status(error)
         end_running_children(client, run_id, status, tracking.end_reason(error))
-        summarise(client, run_id, config.sweep.objective, config.sweep.direction, parent.failures)
+        summarise(client, run_id, *objective(config), parent.failures)
         client.set_tag(run_id, liveness.ERROR, tracking.end_reason(error))
         client.set_terminated(run_id, status)
         raise
     else:
-        children = summarise(client, run_id, config.sweep.objective, config.sweep.direction, parent.failures)
+        children = summarise(client, run_id, *objective(config), parent.failures)
         client.set_terminated(run_id, "FINISHED" if any(c.info.status == "FINISHED" for c in children) else "FAILED")
     finally:
         for name in ENV:

@@ -22,7 +22,7 @@ class Classifier(pl.LightningModule):
 
     def __init__(self, model: nn.Module, optimizer, num_classes: int, scheduler=None,
                  log_every_step: bool = False, label_smoothing: float = 0.0, channels_last: bool = False,
-                 loss: str = "cross_entropy"):
+                 loss: str = "cross_entropy", monitor: str = "val/acc", mode: str = "max"):
         super().__init__()
         if loss not in LOSSES:
             raise ConfigError(f"task.loss={loss!r} is invalid: must be one of {', '.join(LOSSES)}")
@@ -30,6 +30,11 @@ class Classifier(pl.LightningModule):
             raise ConfigError(f"task.label_smoothing={label_smoothing} does not apply to task.loss=hinge (a margin "
                               "loss has no target distribution to smooth): set it to 0 or pick another loss")
         self.loss_name = loss
+        # What "best" means, declared with the task; the checkpoint and sweeps read it from the config (objective.py)
+        if (monitor, mode) not in (("val/acc", "max"), ("val/f1_macro", "max")):
+            raise ConfigError(f"task.monitor={monitor} with task.mode={mode}: a classifier keeps the best epoch by "
+                              "val/acc or val/f1_macro, both with mode max")
+        self.monitor, self.mode = monitor, mode
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
