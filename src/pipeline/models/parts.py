@@ -47,3 +47,16 @@ def pooled_head(channels: int, num_classes: int, dropout: float) -> nn.Sequentia
     """Global average pooling → [Dropout] → the classifier: the same size for any image size."""
     layers = [GlobalAveragePool()] + ([nn.Dropout(dropout)] if dropout > 0 else [])
     return nn.Sequential(*layers, nn.Linear(channels, num_classes))
+
+
+def dense_layers(widths, activation, dropout, batchnorm) -> list[nn.Module]:
+    """Per consecutive pair of widths: Linear → [BatchNorm] → activation → [Dropout]."""
+    layers = []
+    for width_in, width in zip(widths, widths[1:]):
+        layers.append(nn.Linear(width_in, width, bias=not batchnorm))
+        if batchnorm:
+            layers.append(nn.BatchNorm1d(width))
+        layers.append(make_activation(activation))
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    return layers

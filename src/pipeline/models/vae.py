@@ -8,7 +8,7 @@ from torch import nn
 from pipeline.errors import ConfigError
 from pipeline.models.activations import activation as make_activation
 from pipeline.models.autoencoder import Transposed, conv_block, pooled_sizes
-from pipeline.models.parts import image_shape
+from pipeline.models.parts import dense_layers, image_shape
 
 
 def kl_divergence(mu, logvar):
@@ -21,19 +21,6 @@ def negative_elbo(logits, x, mu, logvar):
     batch. Summed, not averaged, over pixels: that is the ELBO papers report (≈ 105 nats on MNIST)."""
     reconstruction = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
     return (reconstruction + kl_divergence(mu, logvar)).mean()
-
-
-def mlp(widths, activation, dropout, batchnorm) -> list[nn.Module]:
-    """Per consecutive pair of widths: Linear → [BatchNorm] → activation → [Dropout]."""
-    layers = []
-    for width_in, width in zip(widths, widths[1:]):
-        layers.append(nn.Linear(width_in, width, bias=not batchnorm))
-        if batchnorm:
-            layers.append(nn.BatchNorm1d(width))
-        layers.append(make_activation(activation))
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-    return layers
 
 
 class _Gaussian(nn.Module):
@@ -71,11 +58,11 @@ class VAE(_Gaussian):
         shape = tuple(int(d) for d in input_shape)
         self.latent_dim = latent_dim
         widths = [math.prod(shape), *hidden]
-        self.encoder = nn.Sequential(nn.Flatten(), *mlp(widths, activation, dropout, batchnorm))
+        self.encoder = nn.Sequential(nn.Flatten(), *dense_layers(widths, activation, dropout, batchnorm))
         self.mu = nn.Linear(widths[-1], latent_dim)
         self.logvar = nn.Linear(widths[-1], latent_dim)
         widths_back = [latent_dim, *widths[:0:-1]]
-        self.decoder = nn.Sequential(*mlp(widths_back, activation, dropout, batchnorm),
+        self.decoder = nn.Sequential(*dense_layers(widths_back, activation, dropout, batchnorm),
                                      nn.Linear(widths_back[-1], widths[0]), nn.Unflatten(1, shape))
 
 
