@@ -10,6 +10,8 @@ import socket
 import threading
 import time
 
+from pipeline.files import is_running
+
 HOST, PID, STARTED, HEARTBEAT = "pipeline.host", "pipeline.pid", "pipeline.process_started", "pipeline.heartbeat"
 PID_NAMESPACE = "pipeline.pid_namespace"  # containers on one host name see different pids
 ERROR = "pipeline.error"  # the first line of what ended a run that did not finish
@@ -27,13 +29,7 @@ def process_started(pid: int) -> str | None:
     except (OSError, IndexError):
         if os.path.exists("/proc/self/stat"):
             return None
-    try:
-        os.kill(pid, 0)
-    except PermissionError:  # someone else's process, alive
-        return ""
-    except OSError:
-        return None
-    return ""
+    return "" if is_running(pid) else None
 
 
 def pid_namespace() -> str:

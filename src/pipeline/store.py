@@ -8,11 +8,13 @@ is never seen half-made, even after kill -9), upgrades an older store after copy
 write-ahead logging (readers never block the writer; MLflow itself waits up to 20 s for a busy database).
 """
 import fcntl
+import functools
 import logging
-import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+
+from pipeline.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -72,19 +74,21 @@ def ensure_store(tracking_uri: str) -> None:
 
 
 def create(db: Path, artifacts: str | None) -> None:
-    """Build the whole store in a scratch file, then rename it into place."""
+    """Build the whole store in a part file, renamed into place once complete (files.write_atomically, which also
+    removes the part file a killed creator left)."""
+    write_atomically(db, functools.partial(build_store, artifacts=artifacts))
+
+
+def build_store(path: Path, artifacts: str | None) -> None:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    partial = db.with_name(f".{db.name}.{os.getpid()}.part")
-    partial.unlink(missing_ok=True)
     try:
         with quiet_migrations():
-            store = SqlAlchemyStore(f"sqlite:///{partial}", artifacts)  # migrates, adds the Default experiment
+            store = SqlAlchemyStore(f"sqlite:///{path}", artifacts)  # migrates, adds the Default experiment
         use_write_ahead_log(store.engine)
-        store.engine.dispose()
-        os.replace(partial, db)
+        store.engine.dispose()  # the last connection closes: SQLite folds the log into the file
     finally:
-        for leftover in (partial, Path(f"{partial}-wal"), Path(f"{partial}-shm")):
+        for leftover in (Path(f"{path}-wal"), Path(f"{path}-shm")):
             leftover.unlink(missing_ok=True)
 
 
