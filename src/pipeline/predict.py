@@ -68,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.top < 1:
         parser.error(f"--top={args.top}: must be an integer >= 1")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per load would bury the answer
     try:
         from pipeline import tracking
 

@@ -88,9 +88,6 @@ def find(cfg: DictConfig, client, experiment_id: str, output_dir: str | None = N
 
 def recorded_config(client, run_id: str) -> DictConfig:
     """The config a run was started with (its config/config.yaml artifact), to be resumed by run id alone."""
-    import os
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar for one small file is noise
     text = Path(client.download_artifacts(run_id, "config/config.yaml")).read_text()
     cfg = OmegaConf.create(text)
     cfg.resume = run_id

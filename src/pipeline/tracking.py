@@ -31,6 +31,8 @@ def client(tracking_uri: str):
     MLflow's global URI set to it, and, once per process, runs left RUNNING by dead processes marked KILLED."""
     import mlflow
 
+    # The pipeline reads back a few small files (a config, a model); a progress bar for each buries the output.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     ensure_store(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow_client = mlflow.MlflowClient(tracking_uri)
