@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import ConfigError
-from pipeline.models.autoencoder import ConvAutoencoder, LinearAutoencoder
+from pipeline.models.autoencoder import ConvAutoencoder, LinearAutoencoder, Unpool
 from pipeline.models.vae import VAE, ConvVAE, kl_divergence, negative_elbo
 
 SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
@@ -78,6 +78,27 @@ def test_unpooling_puts_each_maximum_back_where_the_pool_found_it():
     pooled, indices = model.pool(image)
     assert pooled.flatten().tolist() == [8., 9., 5., 7.]
     assert torch.equal(model.upsample[0](pooled, indices), expected)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 9), (28, 28)])
+def test_unpooling_gives_what_max_unpool2d_gives_and_is_allowed_under_deterministic_algorithms(size):
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, *size, requires_grad=True)
+    pooled, indices = torch.nn.functional.max_pool2d(x, 2, return_indices=True)
+    unpool = Unpool(4, size)
+    deterministic = torch.are_deterministic_algorithms_enabled()  # a Lightning run earlier in this process sets it
+    try:
+        torch.use_deterministic_algorithms(False)
+        expected = torch.nn.MaxUnpool2d(2)(pooled, indices, output_size=size)
+        torch.use_deterministic_algorithms(True)
+        with pytest.raises(RuntimeError, match="deterministic"):  # why Unpool is not MaxUnpool2d itself
+            torch.nn.MaxUnpool2d(2)(pooled, indices, output_size=size)
+        got = unpool(pooled, indices)
+        got.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    assert torch.equal(got, expected)
+    assert x.grad.sum() == pooled.numel()  # each maximum's gradient reaches its input pixel
 
 
 def test_each_unpooling_uses_its_own_pools_indices():

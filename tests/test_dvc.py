@@ -95,7 +95,7 @@ def test_repro_runs_the_four_stages_and_writes_sane_outputs(repro):
     assert 0.3 < metrics["acc"] <= 1 and metrics["loss"] > 0 and 0 < metrics["f1_macro"] <= 1  # chance is 0.1
     assert sorted(metrics["per_class"]) == [str(d) for d in range(10)]
     assert sum(c["support"] for c in metrics["per_class"].values()) == 360
-    predictions = (repo / "results/evaluate/predictions.csv").read_text().splitlines()
+    predictions = (repo / "results/evaluate/details/predictions.csv").read_text().splitlines()
     assert predictions[0] == "actual,predicted" and len(predictions) == 361
     correct = sum(a == p for a, p in (line.split(",") for line in predictions[1:]))
     assert correct / 360 == pytest.approx(metrics["acc"], abs=1e-4)
@@ -352,3 +352,48 @@ def test_a_train_stage_killed_mid_run_continues_when_run_again(tmp_path):
     history = (tmp_path / "results/train/history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3", "4", "5", "6"]
     assert not (tmp_path / "results/train/checkpoints").exists()  # the scratch folder goes once it is done
+
+
+def planted_corpus(folder: Path) -> Path:
+    from test_text import planted_text
+
+    corpus = folder / "corpus.txt"
+    corpus.write_text(planted_text(seed=0, length=6000))
+    return corpus
+
+
+# Per task: a tiny `dvc exp run -S ...`, its metrics.json keys, its plots, and the files its evaluate stage writes.
+TASK_PIPELINES = {
+    "reconstruct": (["task=reconstruct", "model=conv_autoencoder", "model.channels=[8,16]", "trainer.max_epochs=2"],
+                    {"loss", "mse", "psnr", "pca_mse", "pca_psnr", "mse_over_pca"},
+                    {"learning_curves.png", "reconstructions.png", "codes.png"}, set()),
+    "vae": (["task=vae", "model=vae", "model.hidden=[64]", "model.latent_dim=2", "trainer.max_epochs=2"],
+            {"loss", "reconstruction", "kl"},
+            {"learning_curves.png", "samples.png", "reconstructions.png", "latent.png", "manifold.png"}, set()),
+    "embed": (["task=embed", "model=word2vec", "data=text", "data.min_count=5", "model.embedding_dim=16",
+               "trainer.max_epochs=2"],
+              {"loss"}, {"learning_curves.png", "words.png"}, {"neighbours.json", "vectors.txt"}),
+}
+
+
+@pytest.mark.parametrize("task", TASK_PIPELINES)
+def test_exp_run_of_each_task_runs_the_four_stages_with_its_own_metrics_and_plots(tmp_path, task):
+    overrides, metric_keys, plots, details = TASK_PIPELINES[task]
+    if task == "embed":
+        overrides = [*overrides, f"data.path={planted_corpus(tmp_path)}"]
+    repo = make_repo(tmp_path / "project")
+    result = sh(repo, "dvc", "exp", "run", "-n", task, *set_flags(overrides), timeout=600)
+    assert ran_stages(result.stdout) == ["prepare", "train", "evaluate", "visualize"]
+    metrics = read_metrics(repo)
+    assert set(metrics) == metric_keys and all(isinstance(value, float) for value in metrics.values())
+    shown = json.loads(sh(repo, "dvc", "metrics", "show", "--json").stdout)
+    assert shown[""]["data"]["results/evaluate/metrics.json"]["data"] == metrics
+    assert {path.name for path in (repo / "results/visualize").iterdir()} == plots
+    assert {path.name for path in (repo / "results/evaluate/details").iterdir()} == details
+    shown_plots = json.loads(sh(repo, "dvc", "plots", "show", "--json").stdout)["data"]
+    assert "loss" in shown_plots and {name for name in plots} <= {Path(key).name for key in shown_plots}
+
+    _, runs = all_runs(f"sqlite:///{repo}/mlflow.db")
+    (tracked,) = runs
+    assert tracked.info.status == "FINISHED" and tracked.info.run_name == f"dvc exp {task}"
+    assert tracked.data.metrics["test/loss"] == pytest.approx(metrics["loss"], abs=1e-5)

@@ -37,7 +37,7 @@ def test_an_unknown_loss_or_smoothing_a_margin_is_one_line(run_py):
     result = run_py("task.loss=l1")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: task.loss='l1' is invalid: must be one of cross_entropy, hinge, squared"]
+        "error: task.loss='l1' is invalid for task=classify: must be one of cross_entropy, hinge, squared"]
     result = run_py("task.loss=hinge", "task.label_smoothing=0.1")
     assert result.returncode == 2
     assert "task.label_smoothing=0.1 does not apply to task.loss=hinge" in result.stderr.strip().splitlines()[-1]

@@ -9,7 +9,6 @@ from pipeline.data.in_memory import CLASS_WEIGHTINGS
 from pipeline.errors import ConfigError, first_line
 from pipeline.models.activations import ACTIVATIONS
 from pipeline.models.recurrent import CELLS
-from pipeline.tasks.losses import LOSSES
 
 
 def _number(v) -> bool:
@@ -59,7 +58,6 @@ RULES = [
     ("scheduler.gamma", lambda v: _number(v) and v > 0, "a number > 0"),
     ("scheduler.T_max", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("trainer.max_epochs", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    ("task.loss", lambda v: v in LOSSES, "one of " + ", ".join(LOSSES)),
     ("task.mode", lambda v: v in ("max", "min"), "max or min"),
     ("task.monitor", lambda v: isinstance(v, str) and v.startswith("val/"), "a validation metric, e.g. val/acc"),
 ]
@@ -72,25 +70,28 @@ def _plain(value):
 
 
 # What kind of data a model needs when it reads a data key that the chosen data does not declare.
-NEEDS = {"data.vocab_size": "this model reads sequences of token ids, such as data=chars"}
+NEEDS = {"data.vocab_size": "this model reads token ids, such as data=chars (names) or data=text (words)",
+         "data.input_shape": "this model reads fixed-size inputs (images or feature vectors), not a word stream",
+         "data.num_classes": "it needs labelled data, which data=text (a word stream for task=embed) is not"}
 
 
-def check_model_reads_declared_data(cfg: DictConfig) -> None:
-    """A model key interpolating a data key the chosen data lacks (model=lstm reads data.vocab_size, which image
-    data has not) fails with both names, not with OmegaConf's bare 'Interpolation key not found'."""
-    raw = OmegaConf.to_container(cfg.model, resolve=False) if "model" in cfg else {}
-    for key, value in raw.items():
-        try:
-            OmegaConf.select(cfg.model, key, throw_on_resolution_failure=True)
-        except InterpolationKeyError:
-            wanted = str(value).removeprefix("${").removesuffix("}")
-            raise ConfigError(f"model.{key}={value} but data={cfg.data.name} declares no {wanted}: "
-                              f"{NEEDS.get(wanted, 'choose a data option that declares it')}") from None
+def check_reads_declared_data(cfg: DictConfig) -> None:
+    """A model or task key interpolating a data key the chosen data lacks (model=lstm reads data.vocab_size, which
+    image data has not) fails with both names, not with OmegaConf's bare 'Interpolation key not found'."""
+    for section in ("model", "task"):
+        raw = OmegaConf.to_container(cfg[section], resolve=False) if section in cfg else {}
+        for key, value in raw.items():
+            try:
+                OmegaConf.select(cfg[section], key, throw_on_resolution_failure=True)
+            except InterpolationKeyError:
+                wanted = str(value).removeprefix("${").removesuffix("}")
+                raise ConfigError(f"{section}.{key}={value} but data={cfg.data.name} declares no {wanted}: "
+                                  f"{NEEDS.get(wanted, 'choose a data option that declares it')}") from None
 
 
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError for the first key whose value is outside what the pipeline accepts."""
-    check_model_reads_declared_data(cfg)
+    check_reads_declared_data(cfg)
     fractions = 0.0
     for key, accepts, allowed in RULES:
         value = _plain(OmegaConf.select(cfg, key, default=_ABSENT))
@@ -103,37 +104,62 @@ def check_config(cfg: DictConfig) -> None:
     if fractions >= 1:
         raise ConfigError(f"data.val_fraction + data.test_fraction = {fractions:g} leaves no training data: "
                           "their sum must be < 1")
+    if "task" in cfg and "data" in cfg:
+        check_data_fits_task(cfg)
 
 
 def probe_input(cfg: DictConfig) -> torch.Tensor:
     """Two stand-in samples of the data's shape: token ids (id 2, the first letter) for data with a vocabulary,
     zeros otherwise."""
-    shape = tuple(cfg.data.input_shape)
+    shape = tuple(cfg.data.get("input_shape") or ())
     if "vocab_size" in cfg.data:
         return torch.full((2, *shape), 2, dtype=torch.long)
     return torch.zeros(2, *shape)
 
 
+def task_class(cfg: DictConfig):
+    """The class conf/task names (Classifier, Reconstruction, ...): it says what data and models it takes."""
+    from hydra.utils import get_class
+
+    try:
+        return get_class(cfg.task._target_)
+    except Exception as error:
+        raise ConfigError(f"task._target_={cfg.task._target_} cannot be imported: {first_line(error)}") from None
+
+
+def check_data_fits_task(cfg: DictConfig) -> None:
+    """A loss the task does not know, or data without what the task learns from (classes, images, word windows),
+    is refused before loading."""
+    task = task_class(cfg)
+    losses = getattr(task, "losses", None)
+    if losses and cfg.task.get("loss") not in losses:
+        raise ConfigError(f"task.loss={cfg.task.get('loss')!r} is invalid for task={task.name}: must be one of "
+                          + ", ".join(losses))
+    monitor, mode = cfg.task.get("monitor"), cfg.task.get("mode")
+    if task.best_of.get(monitor) != mode:
+        allowed = " or ".join(f"{key} with mode {direction}" for key, direction in task.best_of.items())
+        raise ConfigError(f"task.monitor={monitor} with task.mode={mode}: task={task.name} keeps the best epoch by "
+                          + allowed)
+    task.check_data(cfg)
+
+
 def check_model_fits_data(model: torch.nn.Module, cfg: DictConfig, example: torch.Tensor | None = None) -> None:
-    """Run one tiny forward pass (on `example`, two real samples, when given) so an incompatible model/data
-    pair fails before training, not inside it."""
-    shape = tuple(cfg.data.input_shape)
-    model_name = cfg.model._target_.rsplit(".", 1)[-1]
+    """Run one tiny forward pass (on `example`, two real samples, when given) so an incompatible model, data and
+    task fail before training, not inside it."""
+    inputs = probe_input(cfg) if example is None else example[:2]
+    name = cfg.model._target_.rsplit(".", 1)[-1]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(probe_input(cfg) if example is None else example[:2])
-    except Exception as error:  # the library's message says why; we say which pair and shape
-        reason = first_line(error)
-        raise ConfigError(f"model {model_name} ({cfg.model._target_}) cannot take data={cfg.data.name} "
-                          f"inputs of shape {list(shape)}: {reason}") from None
+            try:
+                model(inputs)
+            except Exception as error:  # the library's message says why; we say which pair and shape
+                raise ConfigError(f"model {name} ({cfg.model._target_}) cannot take data={cfg.data.name} inputs "
+                                  f"of shape {list(inputs.shape[1:])}: {first_line(error)}") from None
+            task_class(cfg).check_model(model, inputs, cfg)
     finally:
         model.train(was_training)
-    expected = (len(out), cfg.data.num_classes)
-    if tuple(out.shape) != expected:
-        raise ConfigError(f"model {model_name} outputs shape {list(out.shape)[1:]} for data={cfg.data.name}, "
-                          f"which needs {cfg.data.num_classes} class logits")
 
 
 def check_job(cfg: DictConfig) -> None:

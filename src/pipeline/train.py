@@ -1,6 +1,7 @@
 """run(cfg): the one place where a composed config becomes objects, a fit, a test and a tracked result."""
 import contextlib
 import functools
+import json
 import logging
 import os
 import warnings
@@ -16,7 +17,6 @@ from pipeline.checks import check_config, check_model_fits_data
 from pipeline.objective import objective
 from pipeline.divergence import StopOnDivergence
 from pipeline.errors import ConfigError
-from pipeline.viz.plots import model_plots
 
 log = logging.getLogger(__name__)
 # Lightning advertises a cloud logger at every start; users of this pipeline have MLflow.
@@ -114,11 +114,23 @@ def metrics_of(trainer: pl.Trainer) -> dict[str, float]:
 
 
 def log_trained_model(mlflow_run, task, datamodule) -> None:
-    """The model (its weights as they are now) and the description of the data that using it needs."""
-    model = task.model
-    example = next(iter(datamodule.test_dataloader()))[0][:8]
+    """What the task exports (its weights as they are now) and the description that using it needs."""
+    model, example, description = task.exported(datamodule)
     tracking.log_model(model, example)
-    tracking.log_dict(mlflow_run.info.run_id, datamodule.describe(), "data/description.json")
+    tracking.log_dict(mlflow_run.info.run_id, {**datamodule.describe(), "task": task.name, **description},
+                      "data/description.json")
+
+
+def evaluation_files(task, datamodule, folder: Path) -> list[Path]:
+    """What the DVC evaluate stage writes beside the test metrics (classify: predictions.csv and per-class scores;
+    embed: the vectors and the probes' neighbours), for run.py's MLflow run too."""
+    from pipeline.files import write_atomically
+
+    more, files = task.evaluation(datamodule, folder)
+    if more:
+        files.append(write_atomically(folder / "details.json",
+                                      lambda partial: partial.write_text(json.dumps(more, indent=1) + "\n")))
+    return files
 
 
 def resume_point(cfg: DictConfig, overrides: list[str], output_dir: str | None = None):
@@ -177,7 +189,9 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str 
         if mlflow_run is not None:
             log_trained_model(mlflow_run, task, datamodule)
             tracking.log_generated_files(mlflow_run.info.run_id, "plots",
-                                         functools.partial(model_plots, task.model, datamodule, cfg.viz))
+                                         functools.partial(task.plots, datamodule, cfg.viz))
+            tracking.log_generated_files(mlflow_run.info.run_id, "evaluation",
+                                         functools.partial(evaluation_files, task, datamodule))
             log.info("MLflow run %s (%s) in %s", mlflow_run.info.run_id, run_name, cfg.logger.tracking_uri)
 
     summary = "  ".join(f"{key}={value:.4f}" for key, value in sorted(metrics.items()) if key.startswith("test/"))

@@ -13,3 +13,7 @@ class DigitsDataModule(InMemoryDataModule):
         x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
         y = torch.tensor(digits.target, dtype=torch.long)
         return x, y
+
+    def unit_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """The pixels in [0, 1], as tasks that rebuild images read them: these are already."""
+        return x

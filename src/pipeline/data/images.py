@@ -159,6 +159,11 @@ class ImageDataModule(InMemoryDataModule):
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         return ((images.float() / 255.0) - self.mean) / self.std
 
+    def unit_pixels(self, normalised: torch.Tensor) -> torch.Tensor:
+        """normalise() undone to pixel values in [0, 1], on the batch's device: what tasks that rebuild images
+        (task=reconstruct, vae) read and write."""
+        return normalised * self.std.to(normalised.device) + self.mean.to(normalised.device)
+
     def pixels(self, normalised: torch.Tensor) -> torch.Tensor:
         """normalise() undone: the uint8 pixels (exactly: the float error is far below half a level)."""
         return ((normalised * self.std + self.mean) * 255.0).round().clamp(0, 255).to(torch.uint8)

@@ -8,6 +8,7 @@ ACTIVATIONS = {
     "softplus": nn.Softplus,
     "leaky_relu": nn.LeakyReLU,
     "gelu": nn.GELU,
+    "identity": nn.Identity,  # none: a linear layer stays linear (the linear autoencoder that finds PCA's subspace)
 }
 
 

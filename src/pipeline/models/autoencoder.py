@@ -33,15 +33,21 @@ def pooled_sizes(shape, channels) -> list[tuple[int, int]]:
 
 class Unpool(nn.Module):
     """Each maximum back where the encoder's pool found it, zeros elsewhere. The size before the pool says where
-    an odd row went: 28 → 14 → 7 → 3 is undone as 3 → 7 → 14 → 28."""
+    an odd row went: 28 → 14 → 7 → 3 is undone as 3 → 7 → 14 → 28.
+
+    This is nn.MaxUnpool2d written as one scatter: torch refuses MaxUnpool2d when deterministic algorithms are on
+    (trainer.deterministic: true, the default), though pools that do not overlap never send two values to one
+    place; the scatter gives the same tensor (tests/test_autoencoders.py compares them) and is allowed.
+    """
 
     def __init__(self, channels: int, size):
         super().__init__()
         self.size = tuple(size)
-        self.unpool = nn.MaxUnpool2d(2)
 
     def forward(self, x, indices):
-        return self.unpool(x, indices, output_size=self.size)
+        n, c = x.shape[:2]
+        flat = x.new_zeros(n, c, self.size[0] * self.size[1])
+        return flat.scatter(2, indices.flatten(2), x.flatten(2)).view(n, c, *self.size)
 
 
 class Upsample(nn.Module):
@@ -88,6 +94,7 @@ class ConvAutoencoder(nn.Module):
         if not channels:
             raise ConfigError("model.channels=[] is empty: the autoencoder needs at least one conv layer")
         sizes = pooled_sizes(shape, channels)
+        self.code_size = code_size
         self.needs_indices = decoder == "unpool"
         widths_in = [shape[0]] + channels[:-1]
 
@@ -137,15 +144,16 @@ class LinearAutoencoder(nn.Module):
     Regularization: dropout drops input pixels (a denoising autoencoder), batchnorm normalises the code.
     """
 
-    def __init__(self, input_shape, code_size: int, activation: str | None = None, dropout: float = 0.0,
+    def __init__(self, input_shape, code_size: int, activation: str = "identity", dropout: float = 0.0,
                  batchnorm: bool = False):
         super().__init__()
         shape = tuple(int(d) for d in input_shape)
         in_features = math.prod(shape)
+        self.code_size = code_size
         self.flatten = nn.Sequential(nn.Flatten(), *([nn.Dropout(dropout)] if dropout > 0 else []))
         self.encoder = nn.Linear(in_features, code_size)
         code_layers = ([nn.BatchNorm1d(code_size)] if batchnorm else []) + \
-                      ([make_activation(activation)] if activation is not None else [])
+                      ([make_activation(activation)] if activation != "identity" else [])
         self.code_layers = nn.Sequential(*code_layers)
         self.decoder_bias = nn.Parameter(torch.zeros(in_features))
         self.unflatten = nn.Unflatten(1, shape)

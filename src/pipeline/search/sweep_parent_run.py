@@ -78,18 +78,17 @@ def swept_keys(config: DictConfig) -> list[str]:
     return keys + list(config.hydra.sweeper.get("params") or {})
 
 
-CURVES = ["val/loss", "val/acc"]
-
-
-def log_curves(client, parent_run_id: str, children) -> None:
-    """Plot every child's per-epoch validation loss and accuracy on shared axes, as sweep/curves.png."""
+def log_curves(client, parent_run_id: str, children, monitor: str) -> None:
+    """Plot every child's per-epoch validation loss and the task's monitored metric (val/acc, ...) on shared axes,
+    as sweep/curves.png: the comparison of the sweep's runs."""
     from pipeline.viz.sweep_curves import plot_sweep_curves
 
+    curves = list(dict.fromkeys(["val/loss", monitor]))
     histories = {child.info.run_name: {metric: [m.value for m in sorted(
-        client.get_metric_history(child.info.run_id, metric), key=lambda m: m.step)] for metric in CURVES}
+        client.get_metric_history(child.info.run_id, metric), key=lambda m: m.step)] for metric in curves}
         for child in children}
     tracking.log_generated_files(
-        parent_run_id, "sweep", lambda folder: [plot_sweep_curves(histories, CURVES, folder / "curves.png")], client)
+        parent_run_id, "sweep", lambda folder: [plot_sweep_curves(histories, curves, folder / "curves.png")], client)
 
 
 def summarise(client, parent_run_id: str, objective: str, direction: str, failures=()):
@@ -121,7 +120,7 @@ def summarise(client, parent_run_id: str, objective: str, direction: str, failur
             f"- {' '.join(overrides)}: {one_line(error)}\n" for overrides, error in failures)
     client.log_text(parent_run_id, text, "sweep/summary.md")
     if children:
-        log_curves(client, parent_run_id, children)
+        log_curves(client, parent_run_id, children, objective.removesuffix("_best"))
     client.log_metric(parent_run_id, "sweep/children", len(rows))
     client.log_metric(parent_run_id, "sweep/failed", len(failures))
     if best is not None:

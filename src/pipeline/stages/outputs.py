@@ -10,7 +10,7 @@ CHECKPOINT = RESULTS / "train" / "model.ckpt"  # the best validation checkpoint
 HISTORY = RESULTS / "train" / "history.csv"  # one row of metrics per epoch
 RUN = RESULTS / "train" / "mlflow_run.json"  # the MLflow run of this pipeline run, which later stages add to
 METRICS = RESULTS / "evaluate" / "metrics.json"
-PREDICTIONS = RESULTS / "evaluate" / "predictions.csv"  # actual,predicted per test example
+DETAILS = RESULTS / "evaluate" / "details"  # the task's files (classify: predictions.csv, actual,predicted)
 PLOTS = RESULTS / "visualize"
 
 

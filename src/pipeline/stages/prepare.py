@@ -12,7 +12,9 @@ def prepare(cfg: DictConfig) -> None:
     datamodule = build_data(cfg)
     save_torch(PREPARED, datamodule.prepared())
     sizes = ", ".join(f"{split} {len(y)}" for split, (_, y) in datamodule.splits.items())
-    print(f"prepared data={cfg.data.name} ({sizes}; {datamodule.num_classes} classes) -> {PREPARED}")
+    found = (f"; {datamodule.num_classes} classes" if datamodule.num_classes
+             else f"; {datamodule.vocab_size} words" if getattr(datamodule, "vocab_size", None) else "")
+    print(f"prepared data={cfg.data.name} ({sizes}{found}) -> {PREPARED}")
 
 
 if __name__ == "__main__":

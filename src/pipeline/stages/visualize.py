@@ -1,5 +1,5 @@
-"""Stage 4: the PNG plots of the trained model: learning curves, confusion matrix, misclassified examples, and
-for CNNs the first-layer filters, one test example's feature maps and its saliency map (options: params viz.*)."""
+"""Stage 4: the PNG plots of the trained model: learning curves, then the task's own (classify: confusion matrix,
+misclassified examples, and for CNNs filters, feature maps and saliency; options: params viz.*)."""
 import shutil
 
 from omegaconf import DictConfig
@@ -10,7 +10,6 @@ from pipeline.history import read_history
 from pipeline.stages.outputs import HISTORY, PLOTS, load_prepared, load_weights, pipeline_run_continued
 from pipeline.train import build_data, build_task, start
 from pipeline.viz.learning_curves import plot_learning_curves
-from pipeline.viz.plots import model_plots
 
 
 def visualize(cfg: DictConfig) -> None:
@@ -21,7 +20,7 @@ def visualize(cfg: DictConfig) -> None:
     shutil.rmtree(PLOTS, ignore_errors=True)  # only this run's plots: a model without convolutions has fewer
     PLOTS.mkdir(parents=True)
     paths = [plot_learning_curves(read_history(HISTORY), PLOTS / "learning_curves.png", cfg.viz.dpi)]
-    paths += model_plots(task.model, datamodule, cfg.viz, PLOTS)
+    paths += task.plots(datamodule, cfg.viz, PLOTS)
     with pipeline_run_continued() as mlflow_run:
         if mlflow_run is not None:
             tracking.log_files(mlflow_run.info.run_id, paths, "plots")

@@ -1,16 +1,19 @@
 """Classification: a loss on class scores (cross-entropy, hinge or squared: task.loss), accuracy and macro-F1 per
 stage; wraps any nn.Module that outputs one score per class."""
-import pytorch_lightning as pl
+from pathlib import Path
+
 import torch
+from omegaconf import DictConfig
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from pipeline.errors import ConfigError
+from pipeline.tasks.base import Task, model_name
 from pipeline.tasks.losses import LOSSES
 
 
-class Classifier(pl.LightningModule):
+class Classifier(Task):
     """Trains `model` with the given optimizer (a partial awaiting parameters) and optional LR scheduler.
 
     Metrics are logged per epoch as `train/loss`, `val/acc`, `val/acc_best`, `val/f1_macro`, `val/f1_macro_best`,
@@ -20,25 +23,18 @@ class Classifier(pl.LightningModule):
     `class_weights()` says (data.class_weighting), if it has that method.
     """
 
+    name = "classify"
+    losses = tuple(LOSSES)
+    best_of = {"val/acc": "max", "val/f1_macro": "max"}
+
     def __init__(self, model: nn.Module, optimizer, num_classes: int, scheduler=None,
                  log_every_step: bool = False, label_smoothing: float = 0.0, channels_last: bool = False,
                  loss: str = "cross_entropy", monitor: str = "val/acc", mode: str = "max"):
-        super().__init__()
-        if loss not in LOSSES:
-            raise ConfigError(f"task.loss={loss!r} is invalid: must be one of {', '.join(LOSSES)}")
+        super().__init__(model, optimizer, scheduler, monitor, mode, log_every_step)
         if loss == "hinge" and label_smoothing:
             raise ConfigError(f"task.label_smoothing={label_smoothing} does not apply to task.loss=hinge (a margin "
                               "loss has no target distribution to smooth): set it to 0 or pick another loss")
         self.loss_name = loss
-        # What "best" means, declared with the task; the checkpoint and sweeps read it from the config (objective.py)
-        if (monitor, mode) not in (("val/acc", "max"), ("val/f1_macro", "max")):
-            raise ConfigError(f"task.monitor={monitor} with task.mode={mode}: a classifier keeps the best epoch by "
-                              "val/acc or val/f1_macro, both with mode max")
-        self.monitor, self.mode = monitor, mode
-        self.model = model
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.log_every_step = log_every_step
         # channels_last: convolutions on CPU (oneDNN) and tensor cores run ~25% faster in NHWC layout.
         self.channels_last = channels_last
         if channels_last:
@@ -51,13 +47,9 @@ class Classifier(pl.LightningModule):
         # Not on train: a per-step F1 update would cost time for a number nobody reads.
         self.f1 = nn.ModuleDict({stage: MulticlassF1Score(num_classes, average="macro") for stage in ("val_", "test_")})
         self.mean_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("train_", "val_", "test_")})
-        # The best epoch so far; persistent, so it is in checkpoints and a resumed run remembers it.
-        self.val_best = nn.ModuleDict({"acc": MaxMetric(), "f1_macro": MaxMetric()})
-        for best in self.val_best.values():
-            best.persistent(True)
 
-    def forward(self, x):
-        return self.model(x)
+    def val_metric(self, key: str):
+        return {"val/acc": self.acc["val_"], "val/f1_macro": self.f1["val_"]}[key]
 
     def _step(self, batch, stage: str):
         x, y = batch
@@ -83,39 +75,56 @@ class Classifier(pl.LightningModule):
         """The configured loss (task.loss) with the class weights and label smoothing."""
         return LOSSES[self.loss_name](logits, y, weight=self.class_weight, label_smoothing=self.label_smoothing)
 
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
-
-    def on_validation_epoch_end(self):
-        if self.trainer.sanity_checking:
-            return
-        for name, metric in (("acc", self.acc["val_"]), ("f1_macro", self.f1["val_"])):
-            self.val_best[name](metric.compute())
-            self.log(f"val/{name}_best", self.val_best[name].compute(), prog_bar=False)
-
     def setup(self, stage: str) -> None:
         weights = getattr(self.trainer.datamodule, "class_weights", None)
         if weights is not None and self.class_weight is None:
             self.class_weight = weights()
 
-    def configure_optimizers(self):
-        optimizer = self.optimizer(params=self.parameters())
-        if self.scheduler is None:
-            return optimizer
-        if getattr(self.scheduler, "func", None) is torch.optim.lr_scheduler.OneCycleLR:
-            # One-cycle schedules are defined over the whole run's steps, which only the trainer knows.
-            scheduler = self.scheduler(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer),
-                                                          "interval": "epoch"}}
-
     @torch.no_grad()
     def predict_step(self, batch, batch_idx):
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self.model(x).argmax(dim=-1)
+
+    # --- what the pipeline asks of the task ---------------------------------------------------------
+    @classmethod
+    def check_data(cls, cfg: DictConfig) -> None:
+        if cfg.data.get("num_classes", "absent") == "absent":
+            raise ConfigError(f"task=classify needs labelled data (data.num_classes): data={cfg.data.name} has no "
+                              "classes; its task is " + ("embed" if "window" in cfg.data else "another one"))
+
+    @classmethod
+    def check_model(cls, model: nn.Module, inputs: torch.Tensor, cfg: DictConfig) -> None:
+        out = model(inputs)
+        expected = (len(inputs), cfg.data.num_classes)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+            shape = list(out.shape)[1:] if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(f"model {model_name(cfg)} outputs {shape} for data={cfg.data.name}, which needs "
+                              f"{cfg.data.num_classes} class logits (task=classify)")
+
+    def plots(self, datamodule, viz: DictConfig, folder: Path) -> list[Path]:
+        """Confusion matrix, misclassified images, and for CNNs filters, feature maps and saliency of the
+        test example `viz.example`."""
+        from pipeline.viz.classification import classification_plots, predict
+        from pipeline.viz.network import network_plots
+
+        images, labels, predictions = predict(self.model, datamodule.test_dataloader())
+        names = datamodule.class_names
+        paths = classification_plots(images, labels, predictions, names, folder, viz.dpi)
+        index = min(viz.example, len(images) - 1)
+        return paths + network_plots(self.model, images[index], int(labels[index]), names, folder,
+                                     viz.max_channels, viz.dpi)
+
+    def evaluation(self, datamodule, folder: Path) -> tuple[dict, list[Path]]:
+        """Per-class precision, recall and F1, and every test example's actual and predicted class
+        (predictions.csv: the data of DVC's confusion-matrix plot)."""
+        from pipeline.tasks.classify_report import per_class, write_predictions
+        from pipeline.viz.classification import predict
+
+        _, labels, predictions = predict(self.model, datamodule.test_dataloader())
+        names = datamodule.class_names
+        return ({"per_class": per_class(labels, predictions, names)},
+                [write_predictions(folder / "predictions.csv", labels, predictions, names)])
+
+    def exported(self, datamodule) -> tuple[nn.Module, torch.Tensor, dict]:
+        """The model itself: inputs as the data serves them, one score per class."""
+        return self.model, next(iter(datamodule.test_dataloader()))[0][:8], {}

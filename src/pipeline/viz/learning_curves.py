@@ -1,4 +1,5 @@
-"""Learning curves of one run: loss and accuracy per epoch, training against validation."""
+"""Learning curves of one run: each quantity it logged per epoch (loss, accuracy, MSE, KL, ...), training against
+validation."""
 from pathlib import Path
 
 from pipeline.viz import pyplot, save
@@ -6,7 +7,9 @@ from pipeline.viz import pyplot, save
 
 def plot_learning_curves(history: list[dict[str, float]], path: Path, dpi: int = 110) -> Path:
     """history: one row per epoch ({"epoch": 1, "train/loss": ..., "val/acc": ...}). A panel per quantity."""
-    quantities = ["loss", "acc"] + (["f1_macro"] if any("val/f1_macro" in row for row in history) else [])
+    logged = {key.split("/", 1)[1] for row in history for key in row
+              if key.split("/")[0] in ("train", "val") and not key.endswith(("_best", "_step"))}
+    quantities = sorted(logged, key=lambda quantity: (quantity != "loss", quantity != "acc", quantity))
     plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 

@@ -1,0 +1,134 @@
+"""What every task shares, and what the rest of the pipeline may ask of a task.
+
+A task is a LightningModule that wraps a plain model (models/) with what depends on what is learned: the loss,
+the metrics, what "best" means (`monitor`, `mode`), what data it needs, how it checks a model, its plots, what the
+DVC evaluate stage writes and what the logged MLflow model is. train.py, checks.py and the stages call only the
+methods below, so a new task is one file in tasks/ and one in conf/task/.
+"""
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torchmetrics import MaxMetric, MinMetric
+
+from pipeline.errors import ConfigError
+
+
+class Task(pl.LightningModule):
+    """The model, its optimizer (a partial awaiting parameters) and optional LR scheduler, and the best epoch of
+    every metric in `best_of()`, logged as `<metric>_best` (what the checkpoint keeps and a sweep ranks by)."""
+
+    name = "task"  # the conf/task option, for messages
+    # The validation metrics whose best epoch is kept, each with the direction that is better.
+    best_of: dict[str, str] = {"val/loss": "min"}
+
+    def __init__(self, model: nn.Module, optimizer, scheduler=None, monitor: str = "val/loss", mode: str = "min",
+                 log_every_step: bool = False):
+        super().__init__()
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.monitor, self.mode = monitor, mode
+        self.log_every_step = log_every_step
+        if self.best_of.get(monitor) != mode:  # checks.check_config says so before anything is built
+            raise ConfigError(f"task.monitor={monitor} with task.mode={mode} do not fit task={self.name}")
+        # The best epoch so far; persistent, so it is in checkpoints and a resumed run remembers it.
+        self.val_best = nn.ModuleDict({key.removeprefix("val/"): MaxMetric() if direction == "max" else MinMetric()
+                                       for key, direction in self.best_of.items()})
+        for metric in self.val_best.values():
+            metric.persistent(True)
+
+    # --- what a task declares ---------------------------------------------------------------------
+    def val_metric(self, key: str):
+        """The torchmetrics object behind the validation metric `key` (one of best_of)."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_data(cls, cfg: DictConfig) -> None:
+        """Raise ConfigError when data=`cfg.data` lacks what this task learns from (checked before loading)."""
+
+    @classmethod
+    def check_model(cls, model: nn.Module, inputs: torch.Tensor, cfg: DictConfig) -> None:
+        """Raise ConfigError when `model` (already run once on `inputs`) cannot be trained by this task."""
+
+    def plots(self, datamodule, viz: DictConfig, folder: Path) -> list[Path]:
+        """PNG files about the trained model on the test split (MLflow artifacts, the DVC visualize stage)."""
+        return []
+
+    def evaluation(self, datamodule, folder: Path) -> tuple[dict, list[Path]]:
+        """For the DVC evaluate stage, beyond the test metrics: more values for metrics.json and detail files
+        written into `folder`."""
+        return {}, []
+
+    def exported(self, datamodule) -> tuple[nn.Module, torch.Tensor, dict]:
+        """What the logged MLflow model is: a module, an example input for its signature, and what a user of it
+        needs to know besides the weights (merged into data/description.json)."""
+        raise NotImplementedError
+
+    # --- shared behaviour -------------------------------------------------------------------------
+    def forward(self, x):
+        return self.model(x)
+
+    def on_validation_epoch_end(self):
+        if self.trainer.sanity_checking:
+            return
+        for key in self.best_of:
+            name = key.removeprefix("val/")
+            self.val_best[name](self.val_metric(key).compute())
+            self.log(f"{key}_best", self.val_best[name].compute(), prog_bar=False)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer(params=self.parameters())
+        if self.scheduler is None:
+            return optimizer
+        if getattr(self.scheduler, "func", None) is torch.optim.lr_scheduler.OneCycleLR:
+            # One-cycle schedules are defined over the whole run's steps, which only the trainer knows.
+            scheduler = self.scheduler(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer),
+                                                          "interval": "epoch"}}
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def _step(self, batch, stage: str):
+        raise NotImplementedError
+
+
+class ImageTask(Task):
+    """A task that learns to rebuild images: it reads them as pixel values in [0, 1] (the datamodule's
+    `unit_pixels` undoes its normalisation), so losses such as BCE and measures such as PSNR mean what they say."""
+
+    @classmethod
+    def check_data(cls, cfg: DictConfig) -> None:
+        image_data_only(cls.name, cfg)
+
+    def setup(self, stage: str) -> None:
+        self.unit_pixels = self.trainer.datamodule.unit_pixels
+
+    def test_images(self, datamodule, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The test split's images in [0, 1] (the first `limit`) and their labels."""
+        x, y = datamodule.splits["test"]
+        return datamodule.unit_pixels(x[:limit]), y[:limit]
+
+
+def model_name(cfg: DictConfig) -> str:
+    return cfg.model._target_.rsplit(".", 1)[-1]
+
+
+def image_data_only(task: str, cfg: DictConfig) -> None:
+    """Tasks that rebuild images need images: data whose input_shape is [channels, height, width]."""
+    shape = cfg.data.get("input_shape")
+    if "vocab_size" in cfg.data or shape is None or len(shape) != 3:
+        raise ConfigError(f"task={task} needs image data (data.input_shape [channels, height, width]): "
+                          f"data={cfg.data.name} has "
+                          + ("token ids" if "vocab_size" in cfg.data else f"input_shape {list(shape or [])}")
+                          + "; choose data=digits, mnist, fashion_mnist or cifar10")

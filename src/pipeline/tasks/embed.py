@@ -1,0 +1,97 @@
+"""Word embeddings (lab 6): a model with a negative-sampling loss (word2vec) learns a vector per word from the
+words around it. Measured by the held-out loss; judged by the nearest neighbours of probe words, a 2-D map of the
+most frequent words, and the vectors themselves in the word2vec text format, which other tools read."""
+import json
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torchmetrics import MeanMetric
+
+from pipeline.errors import ConfigError
+from pipeline.files import write_atomically
+from pipeline.tasks.base import Task, model_name
+from pipeline.word_vectors import nearest, write_word2vec
+
+
+class Embedding(Task):
+    """Trains `model` (with loss(centre, context, negatives) and vectors()) on data=text's (centre, context) rows,
+    drawing `negatives` noise words per centre from the data's unigram^0.75 distribution. Training draws from
+    torch's global RNG (seeded, and kept in checkpoints); validation and test draw from a fixed seed each epoch,
+    so their loss compares across epochs. Logged: `<stage>/loss`."""
+
+    name = "embed"
+
+    def __init__(self, model: nn.Module, optimizer, scheduler=None, negatives: int = 5, probes=(),
+                 neighbours: int = 8, projection_words: int = 150, monitor: str = "val/loss", mode: str = "min",
+                 log_every_step: bool = False):
+        super().__init__(model, optimizer, scheduler, monitor, mode, log_every_step)
+        if not isinstance(negatives, int) or negatives < 1:
+            raise ConfigError(f"task.negatives={negatives!r} is invalid: must be an integer >= 1 (word2vec uses 5-20)")
+        self.negatives, self.probes = negatives, list(probes)
+        self.neighbours, self.projection_words = neighbours, projection_words
+        self.mean_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("train_", "val_", "test_")})
+        self.register_buffer("noise", None, persistent=False)
+        self.evaluation_generator = torch.Generator()
+
+    def val_metric(self, key: str):
+        return self.mean_loss["val_"]
+
+    def setup(self, stage: str) -> None:
+        self.noise = self.trainer.datamodule.noise
+
+    def on_validation_epoch_start(self):
+        self.evaluation_generator.manual_seed(0)
+
+    def on_test_epoch_start(self):
+        self.evaluation_generator.manual_seed(0)
+
+    def _step(self, batch, stage: str):
+        centre, context = batch
+        generator = None if stage == "train" else self.evaluation_generator
+        negatives = torch.multinomial(self.noise.cpu(), len(centre) * self.negatives, replacement=True,
+                                      generator=generator).view(len(centre), self.negatives).to(centre.device)
+        loss = self.model.loss(centre, context, negatives)
+        self.mean_loss[stage + "_"](loss, weight=len(centre))
+        self.log(f"{stage}/loss", self.mean_loss[stage + "_"], on_step=False, on_epoch=True, prog_bar=True)
+        if self.log_every_step and stage == "train":
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+        return loss
+
+    # --- what the pipeline asks of the task ---------------------------------------------------------
+    @classmethod
+    def check_data(cls, cfg: DictConfig) -> None:
+        if "window" not in cfg.data or "vocab_size" not in cfg.data:
+            raise ConfigError(f"task=embed needs a word corpus with context windows (data=text): data={cfg.data.name}"
+                              " has " + ("no words" if "vocab_size" not in cfg.data else "no word windows"))
+
+    @classmethod
+    def check_model(cls, model: nn.Module, inputs: torch.Tensor, cfg: DictConfig) -> None:
+        if not (callable(getattr(model, "loss", None)) and callable(getattr(model, "vectors", None))):
+            raise ConfigError(f"model {model_name(cfg)} has no loss(centre, context, negatives) and vectors(): "
+                              "task=embed trains word embeddings (model=word2vec)")
+
+    def probe_neighbours(self, words: list[str]) -> dict:
+        return {probe: [[word, round(score, 4)] for word, score in found]
+                for probe, found in nearest(words, self.model.vectors().cpu(), self.probes, self.neighbours).items()}
+
+    def plots(self, datamodule, viz: DictConfig, folder: Path) -> list[Path]:
+        """The most frequent words in 2-D."""
+        from pipeline.viz.embeddings import plot_word_projection
+
+        return [plot_word_projection(datamodule.words, self.model.vectors().cpu(), folder / "words.png", viz.dpi,
+                                     self.projection_words)]
+
+    def evaluation(self, datamodule, folder: Path) -> tuple[dict, list[Path]]:
+        """The probes' nearest neighbours (neighbours.json) and every word's vector (vectors.txt, word2vec text
+        format: gensim's KeyedVectors.load_word2vec_format reads it)."""
+        words = datamodule.words
+        found = self.probe_neighbours(words)
+        neighbours = write_atomically(folder / "neighbours.json",
+                                      lambda partial: partial.write_text(json.dumps(found, indent=1) + "\n"))
+        return {}, [neighbours, write_word2vec(folder / "vectors.txt", words, self.model.vectors().cpu())]
+
+    def exported(self, datamodule) -> tuple[nn.Module, torch.Tensor, dict]:
+        """The model: word ids in (the vocabulary's order is `words` in data/description.json), vectors out."""
+        return self.model, torch.arange(min(8, len(datamodule.words))), {"inputs": "word ids", "outputs": "vectors"}
