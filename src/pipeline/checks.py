@@ -23,6 +23,7 @@ RULES = [
     # (key, accepts(value), what is allowed)
     ("seed", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
     ("resume", lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "null, auto or an MLflow run id"),
+    ("trial", lambda v: v is None or (_integer(v) and v >= 0), "null (set by a search) or an integer >= 0"),
     ("threads", lambda v: v is None or (_integer(v) and v >= 1), "null or an integer >= 1"),
     ("data.batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("data.num_classes", lambda v: v is None or (_integer(v) and v >= 2),

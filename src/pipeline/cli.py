@@ -70,18 +70,17 @@ class SingleRunError(SystemExit):
 
 
 def run_job(cfg):
-    """The body of run.py's @hydra.main: run the experiment in this job's own folder and return the sweep
-    objective (for sweepers). Inside a sweep an error ends only this job: the sweeper records it and goes on."""
+    """The body of run.py's @hydra.main: run the experiment in this job's own folder and return its metrics
+    (for sweepers). Inside a sweep an error ends only this job: the sweeper records it and goes on."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from pipeline.objective import objective
     from pipeline.train import run
 
     hydra_cfg = HydraConfig.get()
     cfg.paths.output_dir = hydra_cfg.runtime.output_dir
     try:
-        return run(cfg).get(objective(cfg)[0], float("nan"))
+        return run(cfg)  # every metric: a search reads its objectives from them
     except Exception as error:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise

@@ -86,14 +86,16 @@ def run_name(overrides: list[str], swept_keys: list[str] | None = None) -> str:
 
 
 def end_status(error: BaseException) -> str:
-    return "KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED"
+    """KILLED for Ctrl-C, SIGTERM and a search trial its pruner stopped; FAILED for any other error."""
+    stopped = isinstance(error, (KeyboardInterrupt, SystemExit)) or getattr(error, "pruned", False)
+    return "KILLED" if stopped else "FAILED"
 
 
 def end_reason(error: BaseException) -> str:
     """What the run's error tag says: the error's first line, or that it was stopped."""
     from pipeline.cli import one_line
 
-    if end_status(error) == "KILLED":
+    if isinstance(error, (KeyboardInterrupt, SystemExit)):
         return "stopped (Ctrl-C or SIGTERM)"
     return one_line(error)[:1000]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from pipeline import resume, tracking
 from pipeline.checks import check_config, check_model_fits_data
@@ -42,10 +42,13 @@ def hydra_overrides() -> tuple[list[str], str | None, list[str]]:
 
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     """The callbacks group's, then the ones no run goes without: a resumable last checkpoint with the random
-    state, and a stop on divergence."""
+    state, a stop on divergence, and in a search's trial the pruning of hopeless trials."""
+    from pipeline.search.pruning import trial_callbacks
+
     callbacks = cfg.get("callbacks") or {}
     chosen = [instantiate(callback) for callback in callbacks.values() if callback and "_target_" in callback]
-    return chosen + [resume.last_checkpoint(cfg.paths.output_dir), resume.RandomState(), StopOnDivergence()]
+    return chosen + [resume.last_checkpoint(cfg.paths.output_dir), resume.RandomState(), StopOnDivergence(),
+                     *trial_callbacks(cfg)]
 
 
 def build_logger(cfg: DictConfig, run) -> pl.loggers.Logger | bool:
@@ -157,6 +160,19 @@ def resume_point(cfg: DictConfig, overrides: list[str], output_dir: str | None =
     return cfg, found
 
 
+def trial_tags(cfg: DictConfig, swept_keys: list[str] | None) -> dict[str, str]:
+    """A search trial's number and its values of the searched keys (search.params): what reports read."""
+    if cfg.get("trial") is None:
+        return {}
+    values = {key: OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig))
+              else value for key in swept_keys or [] for value in [OmegaConf.select(cfg, key.lstrip("+~"))]}
+    return {"search.trial": str(cfg.trial), "search.params": json.dumps(values)}
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
 def run_identity(cfg: DictConfig) -> dict[str, str]:
     """The tags by which `resume` finds a run again: what it computes and where its checkpoints are. Taken before
     the data fills in sizes the config leaves open, as resume_point sees the config."""
@@ -176,7 +192,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str 
     task = build_task(cfg, datamodule)
 
     run_name = tracking.run_name(overrides, swept_keys)
-    tracked = (tracking.experiment_run(cfg, run_name, overrides, parent_run_id, tags=identity,
+    tracked = (tracking.experiment_run(cfg, run_name, overrides, parent_run_id,
+                                       tags={**identity, **trial_tags(cfg, swept_keys)},
                                        resume_run_id=resumed and resumed.run_id)
                if tracking.uses_mlflow(cfg) else contextlib.nullcontext())
     with tracked as mlflow_run:
@@ -186,7 +203,11 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str 
         metrics, best = fit(trainer, task, datamodule, resumed and resumed.checkpoint)
         trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=True)
         metrics.update(metrics_of(trainer))
+        metrics["model/params"] = parameter_count(task.model)  # a search may minimise it
         if mlflow_run is not None:
+            import mlflow
+
+            mlflow.log_metric("model/params", metrics["model/params"])
             log_trained_model(mlflow_run, task, datamodule)
             tracking.log_generated_files(mlflow_run.info.run_id, "plots",
                                          functools.partial(task.plots, datamodule, cfg.viz))

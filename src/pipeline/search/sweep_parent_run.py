@@ -14,41 +14,52 @@ ENV = (tracking.PARENT_RUN_ENV, tracking.PARENT_RUN_ENV + "_URI", tracking.SWEPT
 class SweepParent:
     """The open parent run, and the jobs that failed (overrides, error), which the summary lists."""
 
-    def __init__(self, run_id: str | None):
-        self.run_id = run_id
+    def __init__(self, run_id: str | None, tracking_uri: str | None = None):
+        self.run_id, self.tracking_uri = run_id, tracking_uri
         self.failures: list[tuple[list[str], BaseException]] = []
 
 
 @contextmanager
-def sweep_parent_run(config: DictConfig):
-    """Create the parent run and hand its id to the jobs (by environment variable, which joblib workers inherit).
-    When the block ends the parent is summarised and ends FINISHED if any child finished, FAILED if none did;
-    when it is interrupted, it and every child still running end KILLED."""
+def sweep_parent_run(config: DictConfig, resume_run_id: str | None = None, summary=None, tags=None):
+    """Create the parent run (or reopen `resume_run_id`, a search continued) and hand its id to the jobs (by
+    environment variable, which joblib workers inherit). When the block ends the parent is summarised
+    (`summary(client, run_id, failures)`, by default the grid sweep's table) and ends FINISHED if any child
+    finished, FAILED if none did; when it is interrupted, it and every child still running end KILLED."""
     if not tracking.uses_mlflow(config):
         yield SweepParent(None)
         return
     uri = config.logger.tracking_uri
     client = tracking.client(uri)
     sweep = " ".join(config.hydra.overrides.task) or "defaults"
-    run = client.create_run(tracking.experiment_id(config), run_name=f"sweep: {sweep}",
-                            tags={"pipeline.sweep": sweep, "pipeline.sweep_dir": str(config.hydra.sweep.dir),
-                                  **liveness.process_tags()})
-    run_id = run.info.run_id
-    client.log_text(run_id, "\n".join(config.hydra.overrides.task) + "\n", "sweep/overrides.txt")
+    if resume_run_id:
+        run_id = resume_run_id
+        for key, value in liveness.process_tags().items():
+            client.set_tag(run_id, key, value)
+        if liveness.ERROR in client.get_run(run_id).data.tags:
+            client.delete_tag(run_id, liveness.ERROR)
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run = client.create_run(tracking.experiment_id(config), run_name=f"sweep: {sweep}",
+                                tags={"pipeline.sweep": sweep, "pipeline.sweep_dir": str(config.hydra.sweep.dir),
+                                      **liveness.process_tags(), **(tags or {})})
+        run_id = run.info.run_id
+        client.log_text(run_id, "\n".join(config.hydra.overrides.task) + "\n", "sweep/overrides.txt")
     os.environ.update(zip(ENV, (run_id, uri, ",".join(swept_keys(config)))))
-    parent = SweepParent(run_id)
+    parent = SweepParent(run_id, uri)
+    summary = summary or (lambda client, run_id, failures: summarise(client, run_id, *objective(config), failures))
     try:
         with liveness.Heartbeat(client, run_id):
             yield parent
     except BaseException as error:
         status = tracking.end_status(error)
         end_running_children(client, run_id, status, tracking.end_reason(error))
-        summarise(client, run_id, *objective(config), parent.failures)
+        summary(client, run_id, parent.failures)
         client.set_tag(run_id, liveness.ERROR, tracking.end_reason(error))
         client.set_terminated(run_id, status)
         raise
     else:
-        children = summarise(client, run_id, *objective(config), parent.failures)
+        summary(client, run_id, parent.failures)
+        children = children_of(client, run_id)
         client.set_terminated(run_id, "FINISHED" if any(c.info.status == "FINISHED" for c in children) else "FAILED")
     finally:
         for name in ENV:
@@ -75,7 +86,7 @@ def swept_keys(config: DictConfig) -> list[str]:
 
     parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
     keys = [override.get_key_element() for override in parsed if override.is_sweep_override()]
-    return keys + list(config.hydra.sweeper.get("params") or {})
+    return keys + list(config.hydra.sweeper.get("params") or {}) + list(config.hydra.sweeper.get("lists") or {})
 
 
 def log_curves(client, parent_run_id: str, children, monitor: str) -> None:
