@@ -114,13 +114,11 @@ class SearchSweeper(Sweeper):
                      "FAIL)", name, done, self.n_trials, orphans)
         studies.for_trial_runs(url, name, self.pruner_name, objectives[0][0].removesuffix("_best"))
 
-        from pipeline.search.report import log_report
         from pipeline.search.sweep_parent_run import sweep_parent_run
 
         tags = {"search.strategy": self.strategy, "search.study": name, "search.storage": url,
                 "search.objectives": json_list(objectives), "search.fixed_overrides": json_list(fixed)}
-        summary = lambda client, run_id, failures: log_report(client, run_id)  # noqa: E731
-        with sweep_parent_run(self.config, study.user_attrs.get(PARENT_ATTR), summary, tags) as parent:
+        with sweep_parent_run(self.config, study.user_attrs.get(PARENT_ATTR), tags=tags) as parent:
             if parent.run_id and PARENT_ATTR not in study.user_attrs:
                 study.set_user_attr(PARENT_ATTR, parent.run_id)
                 tracking.client(base.logger.tracking_uri).log_text(

@@ -6,7 +6,6 @@ from contextlib import contextmanager
 from omegaconf import DictConfig
 
 from pipeline import liveness, tracking
-from pipeline.objective import objective
 
 ENV = (tracking.PARENT_RUN_ENV, tracking.PARENT_RUN_ENV + "_URI", tracking.SWEPT_KEYS_ENV)
 
@@ -20,10 +19,10 @@ class SweepParent:
 
 
 @contextmanager
-def sweep_parent_run(config: DictConfig, resume_run_id: str | None = None, summary=None, tags=None):
+def sweep_parent_run(config: DictConfig, resume_run_id: str | None = None, tags=None):
     """Create the parent run (or reopen `resume_run_id`, a search continued) and hand its id to the jobs (by
     environment variable, which joblib workers inherit). When the block ends the parent is summarised
-    (`summary(client, run_id, failures)`, by default the grid sweep's table) and ends FINISHED if any child
+    (summarise, below) and ends FINISHED if any child
     finished, FAILED if none did; when it is interrupted, it and every child still running end KILLED."""
     if not tracking.uses_mlflow(config):
         yield SweepParent(None)
@@ -46,19 +45,18 @@ def sweep_parent_run(config: DictConfig, resume_run_id: str | None = None, summa
         client.log_text(run_id, "\n".join(config.hydra.overrides.task) + "\n", "sweep/overrides.txt")
     os.environ.update(zip(ENV, (run_id, uri, ",".join(swept_keys(config)))))
     parent = SweepParent(run_id, uri)
-    summary = summary or (lambda client, run_id, failures: summarise(client, run_id, *objective(config), failures))
     try:
         with liveness.Heartbeat(client, run_id):
             yield parent
     except BaseException as error:
         status = tracking.end_status(error)
         end_running_children(client, run_id, status, tracking.end_reason(error))
-        summary(client, run_id, parent.failures)
+        summarise(client, run_id, parent.failures)
         client.set_tag(run_id, liveness.ERROR, tracking.end_reason(error))
         client.set_terminated(run_id, status)
         raise
     else:
-        summary(client, run_id, parent.failures)
+        summarise(client, run_id, parent.failures)
         children = children_of(client, run_id)
         client.set_terminated(run_id, "FINISHED" if any(c.info.status == "FINISHED" for c in children) else "FAILED")
     finally:
@@ -102,44 +100,34 @@ def log_curves(client, parent_run_id: str, children, monitor: str) -> None:
         parent_run_id, "sweep", lambda folder: [plot_sweep_curves(histories, curves, folder / "curves.png")], client)
 
 
-def summarise(client, parent_run_id: str, objective: str, direction: str, failures=()):
-    """Log a table of the children (status, objective, test metrics, error) and the failed jobs on the parent, tag
-    the best child, and return the children."""
+def summarise(client, parent_run_id: str, failures=()):
+    """The same summary for a grid sweep and a search (pipeline/search/report.py: summary.md with every child, its
+    state, objective, test metrics and error, and the best as a command line; history, importance, Pareto plots),
+    plus the validation curves, the counts, and the best child on the parent's tags and metrics. Returns the
+    children."""
     from pipeline.cli import one_line
+    from pipeline.search.report import best, collect, log_report
 
     children = children_of(client, parent_run_id)
-    # The objective, then every test metric a child reported (accuracy, macro-F1, loss, ...).
-    columns = [objective] + sorted({key for child in children for key in child.data.metrics
-                                    if key.startswith("test/") and key != objective})
-    rows = []
-    for child in children:
-        rows.append({"run": child.info.run_name, "run_id": child.info.run_id, "status": child.info.status,
-                     "error": child.data.tags.get(liveness.ERROR, ""),
-                     **{key: child.data.metrics.get(key, math.nan) for key in columns}})
-    scored = [row for row in rows if row["status"] == "FINISHED" and not math.isnan(row[objective])]
-    best = (max if direction == "maximize" else min)(scored, key=lambda row: row[objective]) if scored else None
-
-    header = ["run", "status", *columns, "run_id", "error"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        mark = " (best)" if row is best else ""
-        values = " | ".join(f"{row[key]:.4f}" for key in columns)
-        lines.append(f"| {row['run']}{mark} | {row['status']} | {values} | {row['run_id']} | {row['error']} |")
-    text = f"Sweep summary: {len(rows)} runs, objective {objective} ({direction})\n\n" + "\n".join(lines) + "\n"
-    if failures:
-        text += f"\nFailed jobs ({len(failures)}):\n\n" + "".join(
+    report = collect(client, parent_run_id)
+    text = log_report(client, parent_run_id)
+    failed = [trial for trial in report.trials if trial.state in ("FAIL", "FAILED")]
+    if len(failures) > len(failed):  # some jobs failed before their run existed: only the launcher knows them
+        text += f"\nFailed jobs reported by the launcher ({len(failures)}):\n\n" + "".join(
             f"- {' '.join(overrides)}: {one_line(error)}\n" for overrides, error in failures)
-    client.log_text(parent_run_id, text, "sweep/summary.md")
+        client.log_text(parent_run_id, text, "sweep/summary.md")
     if children:
-        log_curves(client, parent_run_id, children, objective.removesuffix("_best"))
-    client.log_metric(parent_run_id, "sweep/children", len(rows))
-    client.log_metric(parent_run_id, "sweep/failed", len(failures))
-    if best is not None:
-        client.set_tag(parent_run_id, "best_run_id", best["run_id"])
-        client.set_tag(parent_run_id, "best_run_name", best["run"])
-        client.log_metric(parent_run_id, f"best/{objective}", best[objective])
-        for key in columns[1:]:  # the best run's test results, on the parent where the sweep is browsed
-            if not math.isnan(best[key]):
-                client.log_metric(parent_run_id, f"best/{key}", best[key])
+        log_curves(client, parent_run_id, children, report.objectives[0][0].removesuffix("_best"))
+    client.log_metric(parent_run_id, "sweep/children", len(children))
+    client.log_metric(parent_run_id, "sweep/failed", max(len(failures), len(failed)))
+    winner = best(report)
+    if winner is not None and len(report.objectives) == 1:
+        objective = report.objectives[0][0]
+        client.set_tag(parent_run_id, "best_run_id", winner.run_id)
+        client.set_tag(parent_run_id, "best_run_name", winner.name)
+        client.log_metric(parent_run_id, f"best/{objective}", winner.values[objective])
+        for key, value in winner.tests.items():  # the best run's test results, where the sweep is browsed
+            if not math.isnan(value):
+                client.log_metric(parent_run_id, f"best/{key}", value)
     print(text)
     return children
