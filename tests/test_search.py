@@ -195,3 +195,56 @@ def test_a_trial_worse_than_the_median_is_pruned_and_recorded_killed(compose_con
     assert json.loads(pruned.data.tags["search.params"]) == {"optimizer.lr": 1e-7}
     assert study.trials[trial.number].intermediate_values == {0: pytest.approx(0.1, abs=0.1),
                                                                1: pytest.approx(0.1, abs=0.1)}
+
+
+def search_config(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.mark.parametrize("search", ["nas_mlp", "nas_cnn", "nas_rnn", "tpe", "nsga2", "random"])
+def test_every_architecture_a_ready_search_proposes_builds_and_fits_its_data(search):
+    """Random genomes, their mutants and their crossovers: each composes, validates and runs one forward pass."""
+    import random
+
+    from omegaconf import OmegaConf, open_dict
+
+    from pipeline.checks import check_job
+    from pipeline.search.space import crossover, mutate, overrides, parse_space, random_genome
+
+    sizes = ["data.num_classes=18", "data.vocab_size=60"] if search == "nas_rnn" else []  # chars finds them
+    base = search_config(f"search={search}", *sizes)
+    sweeper = OmegaConf.to_container(base.hydra.sweeper, resolve=False)
+    space = parse_space(sweeper["params"] or {}, sweeper["lists"] or {})
+    rng = random.Random(0)
+    genomes = [random_genome(space, rng) for _ in range(8)]
+    genomes += [mutate(rng.choice(genomes), space, rng) for _ in range(8)]
+    genomes += [crossover(rng.choice(genomes), rng.choice(genomes), space, rng) for _ in range(8)]
+    for genome in genomes:
+        cfg = search_config(f"search={search}", *sizes, *overrides(genome))
+        with open_dict(cfg):
+            del cfg["hydra"]
+        check_job(cfg)
+
+
+def test_nsga2_searches_two_objectives_and_reports_the_pareto_front(run_py, tracking_uri, tmp_path):
+    result = run_py("-m", "search=nsga2", "hydra.sweeper.n_trials=6", "hydra.sweeper.budget.epochs=2",
+                    "~callbacks.progress_bar", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, parent, children = parent_and_children(tracking_uri)
+    assert json.loads(parent.data.tags["search.objectives"]) == [["val/acc_best", "maximize"],
+                                                                 ["model/params", "minimize"]]
+    study = study_of(tmp_path)
+    front = {trial.number for trial in study.best_trials}
+    assert front and len(children) == 6
+    summary = open(client.download_artifacts(parent.info.run_id, "sweep/summary.md")).read()
+    for child in children:
+        number = int(child.data.tags["search.trial"])
+        assert (f"{child.info.run_name} (pareto)" in summary) == (number in front)
+        assert study.trials[number].values == [pytest.approx(child.data.metrics["val/acc_best"]),
+                                               child.data.metrics["model/params"]]
+    assert "sweep/pareto.png" in artifacts(client, parent.info.run_id)

@@ -23,9 +23,11 @@ class PruneHopeless(pl.Callback):
                                   pruner=studies.pruner(pruner_name))
         trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         self.trial = optuna.trial.Trial(study, trial_id)
+        # Optuna prunes single-objective studies only: a trial of a Pareto search always runs its whole budget.
+        self.active = len(study.directions) == 1
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
-        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+        if not self.active or trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
         value = float(trainer.callback_metrics[self.monitor])
         epoch = trainer.current_epoch

@@ -36,7 +36,8 @@ def plot_history(report: Report, path: Path) -> Path | None:
         axis.set_title(f"{metric} ({direction})")
         axis.set_xlabel("trial")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        if axis.get_legend_handles_labels()[0]:  # no finite value at all: nothing to name
+            axis.legend(fontsize=8)
     return save(figure, path)
 
 
