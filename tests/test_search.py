@@ -248,3 +248,23 @@ def test_nsga2_searches_two_objectives_and_reports_the_pareto_front(run_py, trac
         assert study.trials[number].values == [pytest.approx(child.data.metrics["val/acc_best"]),
                                                child.data.metrics["model/params"]]
     assert "sweep/pareto.png" in artifacts(client, parent.info.run_id)
+
+
+def test_a_search_prunes_a_hopeless_trial_and_records_it_pruned(run_py, tracking_uri, tmp_path):
+    # Grid order with seed 5 (Optuna's GridSampler shuffles by seed): three good rates, then one that cannot learn.
+    result = run_py("-m", "search=tpe", "hydra.sweeper.strategy=grid", "hydra.sweeper.seed=5", "~hydra.sweeper.params",
+                    "optimizer.lr=choice(0.01,0.005,0.003,1e-7)", "hydra.sweeper.budget.epochs=4",
+                    "~callbacks.progress_bar", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = study_of(tmp_path)
+    states = {trial.params["optimizer.lr"]: trial.state for trial in study.trials}
+    assert states == {0.01: TrialState.COMPLETE, 0.005: TrialState.COMPLETE, 0.003: TrialState.COMPLETE,
+                      1e-7: TrialState.PRUNED}
+    (pruned,) = [trial for trial in study.trials if trial.state == TrialState.PRUNED]
+    assert len(pruned.intermediate_values) < 4  # stopped before its budget
+    _, parent, children = parent_and_children(tracking_uri)
+    (child,) = [child for child in children if child.data.tags["search.state"] == "PRUNED"]
+    assert child.info.status == "KILLED" and child.data.tags["search.trial"] == str(pruned.number)
+    assert "pruned after epoch" in child.data.tags["pipeline.error"]
+    assert "1 PRUNED" in open(
+        all_runs(tracking_uri)[0].download_artifacts(parent.info.run_id, "sweep/summary.md")).read()
