@@ -321,11 +321,11 @@ def test_evolution_resumes_from_a_study_reloaded_from_sqlite(tmp_path):
 
 @pytest.mark.parametrize("strategy, cls", [
     ("grid", GridSampler), ("random", RandomSampler), ("tpe", TPESampler), ("nsga2", NSGAIISampler),
-    ("evolution", RegularizedEvolutionSampler), ("hill_climb", HillClimbingSampler)])
+    ("evolution", RegularizedEvolutionSampler), ("hill_climb", HillClimbingSampler), ("oneshot", RandomSampler)])
 def test_make_sampler_builds_each_strategy(strategy, cls):
     space = parse_space({"model.activation": "relu,tanh", "trainer.max_epochs": "range(1, 4)"})
     assert isinstance(make_sampler(strategy, space, seed=0), cls)
-    assert set(STRATEGIES) == {"grid", "random", "tpe", "nsga2", "evolution", "hill_climb"}
+    assert set(STRATEGIES) == {"grid", "random", "tpe", "nsga2", "evolution", "hill_climb", "oneshot"}
 
 
 def test_make_sampler_passes_evolution_options_and_refuses_bad_ones():

@@ -4,6 +4,7 @@ Each round asks the study for as many trials as run at once (`n_jobs`; the jobli
 parallel), checks each trial's config, launches the valid ones as ordinary runs (children of one MLflow parent),
 and tells the study each result: COMPLETE with the objective values, PRUNED, or FAIL (an error, a refused config,
 a NaN objective). The study is in SQLite beside the MLflow store: the same command again continues it.
+Strategy oneshot (oneshot.py) asks nothing: one weight-sharing supernet picks the architectures, launched the same way.
 """
 import logging
 import math
@@ -29,7 +30,8 @@ class SearchSweeper(Sweeper):
 
     def __init__(self, strategy: str = "tpe", n_trials: int = 20, n_jobs: int = 1, params=None, lists=None,
                  objectives=None, pruner: str = "median", budget=None, max_failure_rate: float = 0.5,
-                 seed: int = 0, study_name: str | None = None, storage: str | None = None, evolution=None):
+                 seed: int = 0, study_name: str | None = None, storage: str | None = None, evolution=None,
+                 oneshot=None):
         self.strategy, self.n_trials, self.n_jobs = strategy, n_trials, n_jobs
         self.params = dict(params or {})
         self.lists = {key: dict(value) for key, value in (lists or {}).items()}
@@ -38,6 +40,7 @@ class SearchSweeper(Sweeper):
         self.max_failure_rate, self.seed = max_failure_rate, seed
         self.study_name, self.storage_url = study_name, storage
         self.evolution = dict(evolution or {})
+        self.oneshot = dict(oneshot or {})  # strategy oneshot's options: pipeline/search/oneshot.py
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.hydra_context, self.config = hydra_context, config
@@ -88,7 +91,7 @@ class SearchSweeper(Sweeper):
 
         from pipeline import tracking
         from pipeline.search import study as studies
-        from pipeline.search.space import distributions, from_params, overrides, parse_space
+        from pipeline.search.space import distributions, parse_space
         from pipeline.search.strategies import make_sampler
 
         fixed, swept = self.split_arguments(list(arguments))
@@ -96,10 +99,16 @@ class SearchSweeper(Sweeper):
         fixed = fixed + self.budget_overrides()
         base = self.compose(fixed)
         objectives = self.objectives_of(base)
+        if self.strategy == "oneshot":  # refused before a study or a run exists; the defaults filled in
+            from pipeline.search.oneshot import check
+
+            self.oneshot = check(self.oneshot, space, base)
         with open_dict(self.config):  # the parent names its children by the searched keys
             self.config.hydra.sweeper.params = {**self.params, **swept}
         definition = {"strategy": self.strategy, "objectives": objectives, "fixed": sorted(fixed),
                       "params": {**self.params, **swept}, "lists": self.lists, "seed": self.seed}
+        if self.strategy == "oneshot":  # another supernet ranks other candidates: another study
+            definition["oneshot"] = self.oneshot
         name = self.study_name or studies.study_name(self.config.hydra.job.name, definition)
         url = self.storage_url or studies.storage_url(base.logger.get("tracking_uri", ""), base.paths.root)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -110,8 +119,8 @@ class SearchSweeper(Sweeper):
         orphans = studies.fail_orphans(study)
         done = len(study.trials)
         if done:
-            log.info("search %s continues: %d of %d trials done (%d left running by a search that died, now "
-                     "FAIL)", name, done, self.n_trials, orphans)
+            log.info("search %s continues: %d%s trials done (%d left running by a search that died, now FAIL)",
+                     name, done, "" if self.strategy == "oneshot" else f" of {self.n_trials}", orphans)
         studies.for_trial_runs(url, name, self.pruner_name, objectives[0][0].removesuffix("_best"))
 
         from pipeline.search.sweep_parent_run import sweep_parent_run
@@ -124,24 +133,35 @@ class SearchSweeper(Sweeper):
                 tracking.client(base.logger.tracking_uri).log_text(
                     parent.run_id, OmegaConf.to_yaml(OmegaConf.create({"params": {**self.params, **swept},
                                                                        "lists": self.lists})), "search/space.yaml")
-            while len(study.trials) < self.n_trials and not exhausted(study):
-                self.check_failure_rate(study)
-                batch = min(self.n_jobs, self.n_trials - len(study.trials))
-                trials = [study.ask(distributions(space)) for _ in range(batch)]
-                jobs = []
-                for trial in trials:
-                    job = fixed + overrides(from_params(trial.params, space)) + [f"trial={trial.number}"]
-                    refused = self.refusal(job)
-                    if refused:
-                        self.fail(study, trial, refused, parent, job)
-                    else:
-                        jobs.append((trial, job))
-                if jobs:
-                    results = self.launcher.launch([job for _, job in jobs], initial_job_idx=jobs[0][0].number)
-                    for (trial, job), result in zip(jobs, results):
-                        self.tell(study, trial, result, objectives, parent, job)
+            if self.strategy == "oneshot":
+                from pipeline.search.oneshot import oneshot_search
+
+                oneshot_search(self, space, fixed, base, study, parent, objectives)
+            else:
+                while len(study.trials) < self.n_trials and not exhausted(study):
+                    self.check_failure_rate(study)
+                    batch = min(self.n_jobs, self.n_trials - len(study.trials))
+                    trials = [study.ask(distributions(space)) for _ in range(batch)]
+                    self.run_trials(study, trials, fixed, space, objectives, parent)
         self.print_best(study, objectives, fixed, space)
         return []
+
+    def run_trials(self, study, trials, fixed, space, objectives, parent) -> None:
+        """Check each asked trial's config, launch the valid ones together, and tell the study each result."""
+        from pipeline.search.space import from_params, overrides
+
+        jobs = []
+        for trial in trials:
+            job = fixed + overrides(from_params(trial.params, space)) + [f"trial={trial.number}"]
+            refused = self.refusal(job)
+            if refused:
+                self.fail(study, trial, refused, parent, job)
+            else:
+                jobs.append((trial, job))
+        if jobs:
+            results = self.launcher.launch([job for _, job in jobs], initial_job_idx=jobs[0][0].number)
+            for (trial, job), result in zip(jobs, results):
+                self.tell(study, trial, result, objectives, parent, job)
 
     def refusal(self, job: list[str]) -> str | None:
         """The one-line reason a trial's config is refused before it runs (checks.check_job), or None."""

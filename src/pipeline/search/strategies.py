@@ -15,7 +15,7 @@ from pipeline.errors import ConfigError
 from pipeline.search.space import (Space, crossover, distributions, from_params, grid, is_valid, mutate,
                                    random_genome, to_params)
 
-STRATEGIES = ("grid", "random", "tpe", "nsga2", "evolution", "hill_climb")
+STRATEGIES = ("grid", "random", "tpe", "nsga2", "evolution", "hill_climb", "oneshot")
 EVOLUTION_OPTIONS = ("population_size", "tournament_size", "crossover_probability")
 ATTEMPTS = 25  # mutations tried before a proposal already run is given up on
 
@@ -144,7 +144,7 @@ def make_sampler(strategy: str, space: Space, seed: int | None, directions: int 
     if unknown:
         raise ConfigError(f"search option {unknown[0]} is unknown: use {', '.join(EVOLUTION_OPTIONS)} "
                           "(they tune strategy evolution)")
-    if strategy in ("evolution", "hill_climb") and directions > 1:
+    if strategy in ("evolution", "hill_climb", "oneshot") and directions > 1:
         raise ConfigError(f"search strategy {strategy} optimises one objective, not {directions}: "
                           "use nsga2, tpe or random for several")
     if strategy == "grid":
@@ -153,7 +153,9 @@ def make_sampler(strategy: str, space: Space, seed: int | None, directions: int 
         return RegularizedEvolutionSampler(space, seed=seed, **options)
     if strategy == "hill_climb":
         return HillClimbingSampler(space, seed=seed)
-    return {"random": RandomSampler, "tpe": TPESampler, "nsga2": NSGAIISampler}[strategy](seed=seed)
+    if strategy in ("random", "oneshot"):  # oneshot enqueues the architectures its supernet ranked best
+        return RandomSampler(seed=seed)
+    return {"tpe": TPESampler, "nsga2": NSGAIISampler}[strategy](seed=seed)
 
 
 def _check(name: str, value, ok: bool, allowed: str) -> None:
