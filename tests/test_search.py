@@ -48,8 +48,8 @@ def test_a_tiny_architecture_search_end_to_end(run_py, tracking_uri, tmp_path):
     assert [trial.state for trial in study.trials] == [TrialState.COMPLETE] * 6
     for child in children:  # each child is named by and records the architecture it trained
         searched = json.loads(child.data.tags["search.params"])
-        assert set(searched) == {"model.hidden", "model.activation", "regularization.dropout",
-                                 "regularization.batchnorm"}
+        assert set(searched) == {"model.hidden", "model.activation", "regularization.dropout", "model.dropout_at",
+                                 "model.batchnorm_at"}
         assert json.loads(child.data.params["model.hidden"].replace("'", '"')) == searched["model.hidden"]
         assert 1 <= len(searched["model.hidden"]) <= 4
         assert child.data.tags["search.state"] == "COMPLETE"
@@ -268,3 +268,20 @@ def test_a_search_prunes_a_hopeless_trial_and_records_it_pruned(run_py, tracking
     assert "pruned after epoch" in child.data.tags["pipeline.error"]
     assert "1 PRUNED" in open(
         all_runs(tracking_uri)[0].download_artifacts(parent.info.run_id, "sweep/summary.md")).read()
+
+
+def test_the_mlp_places_dropout_and_batchnorm_where_its_flags_say():
+    from torch import nn
+
+    from pipeline.models.mlp import MLP
+
+    def kinds(model):
+        return [type(module).__name__ for module in model.net if not isinstance(module, (nn.Flatten, nn.ReLU))]
+
+    placed = MLP([1, 8, 8], 10, [8, 8, 8], dropout=0.5, dropout_at=[True, False, True, False],
+                 batchnorm_at=[False, True, False, False])  # the 4th flag is past the depth: unused
+    assert kinds(placed) == ["Linear", "Dropout", "Linear", "BatchNorm1d", "Linear", "Dropout", "Linear"]
+    everywhere = MLP([1, 8, 8], 10, [8, 8], dropout=0.5, batchnorm=True)  # null: every layer, as before
+    assert kinds(everywhere) == ["Linear", "BatchNorm1d", "Dropout", "Linear", "BatchNorm1d", "Dropout", "Linear"]
+    with pytest.raises(ValueError, match=r"model.dropout_at=\[True\] is invalid: .* at least one entry per hidden layer"):
+        MLP([1, 8, 8], 10, [8, 8], dropout=0.5, dropout_at=[True])

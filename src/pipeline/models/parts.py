@@ -49,14 +49,16 @@ def pooled_head(channels: int, num_classes: int, dropout: float) -> nn.Sequentia
     return nn.Sequential(*layers, nn.Linear(channels, num_classes))
 
 
-def dense_layers(widths, activation, dropout, batchnorm) -> list[nn.Module]:
-    """Per consecutive pair of widths: Linear → [BatchNorm] → activation → [Dropout]."""
+def dense_layers(widths, activation, dropout, batchnorm, dropout_at=None, batchnorm_at=None) -> list[nn.Module]:
+    """Per consecutive pair of widths: Linear → [BatchNorm] → activation → [Dropout]. `dropout_at` and
+    `batchnorm_at` (one flag per layer) say where each goes; None: every layer, as `dropout` > 0 and `batchnorm`."""
     layers = []
-    for width_in, width in zip(widths, widths[1:]):
-        layers.append(nn.Linear(width_in, width, bias=not batchnorm))
-        if batchnorm:
+    for index, (width_in, width) in enumerate(zip(widths, widths[1:])):
+        normalised = batchnorm_at[index] if batchnorm_at is not None else batchnorm
+        layers.append(nn.Linear(width_in, width, bias=not normalised))
+        if normalised:
             layers.append(nn.BatchNorm1d(width))
         layers.append(make_activation(activation))
-        if dropout > 0:
+        if dropout > 0 and (dropout_at is None or dropout_at[index]):
             layers.append(nn.Dropout(dropout))
     return layers
