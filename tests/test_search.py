@@ -13,6 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import ROOT, all_runs
+from pipeline import tracking
 from pipeline.search.sweep_parent_run import children_of
 
 # A tiny evolution over MLPs on the digits: 2 epochs per candidate, a population of 3.
@@ -81,14 +82,12 @@ def test_a_search_killed_with_sigkill_continues_when_the_same_command_runs_again
     first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
 
-    def two_finished():
-        if not (tmp_path / "optuna.db").exists():
+    def two_finished():  # read from MLflow, through the pipeline's safe opening of the store
+        if not (tmp_path / "mlflow.db").exists():
             return False
-        try:
-            trials = study_of(tmp_path).trials
-        except Exception:  # the study is being created
-            return False
-        return sum(trial.state == TrialState.COMPLETE for trial in trials) >= 2
+        client = tracking.client(tracking_uri)
+        runs = client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])
+        return sum(run.data.tags.get("search.state") == "COMPLETE" for run in runs) >= 2
 
     wait_for(two_finished)
     os.killpg(first.pid, signal.SIGKILL)

@@ -32,10 +32,18 @@ def study_name(name: str, definition: dict) -> str:
 
 
 def storage(url: str):
+    """Optuna's storage on `url`. A new SQLite file gets its tables under the lock the MLflow store uses
+    (store.locked): two processes creating them at once would otherwise collide, as MLflow's did (issue 10)."""
+    import contextlib
+
     import optuna
 
+    from pipeline.store import locked, sqlite_file
+
+    db = sqlite_file(url)
     # Trial runs report from other processes: wait for SQLite's lock instead of failing at once.
-    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    with locked(db) if db is not None else contextlib.nullcontext():
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
 
 
 def pruner(name: str, warmup_epochs: int = 1):
