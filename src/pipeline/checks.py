@@ -118,6 +118,11 @@ def probe_input(cfg: DictConfig) -> torch.Tensor:
     return torch.zeros(2, *shape)
 
 
+def model_name(cfg: DictConfig) -> str:
+    """The model's class name, as messages name it (MLP, ConvAutoencoder)."""
+    return cfg.model._target_.rsplit(".", 1)[-1]
+
+
 def task_class(cfg: DictConfig):
     """The class conf/task names (Classifier, Reconstruction, ...): it says what data and models it takes."""
     from hydra.utils import get_class
@@ -136,11 +141,7 @@ def check_data_fits_task(cfg: DictConfig) -> None:
     if losses and cfg.task.get("loss") not in losses:
         raise ConfigError(f"task.loss={cfg.task.get('loss')!r} is invalid for task={task.name}: must be one of "
                           + ", ".join(losses))
-    monitor, mode = cfg.task.get("monitor"), cfg.task.get("mode")
-    if task.best_of.get(monitor) != mode:
-        allowed = " or ".join(f"{key} with mode {direction}" for key, direction in task.best_of.items())
-        raise ConfigError(f"task.monitor={monitor} with task.mode={mode}: task={task.name} keeps the best epoch by "
-                          + allowed)
+    task.check_best(cfg.task.get("monitor"), cfg.task.get("mode"))
     task.check_data(cfg)
 
 
@@ -148,7 +149,7 @@ def check_model_fits_data(model: torch.nn.Module, cfg: DictConfig, example: torc
     """Run one tiny forward pass (on `example`, two real samples, when given) so an incompatible model, data and
     task fail before training, not inside it."""
     inputs = probe_input(cfg) if example is None else example[:2]
-    name = cfg.model._target_.rsplit(".", 1)[-1]
+    name = model_name(cfg)
     was_training = model.training
     model.eval()
     try:

@@ -1,6 +1,7 @@
 """Files that appear whole or not at all. A write goes to `.<name>.<pid>.part` beside its target and is renamed
 into place; what a killed process (kill -9, power loss) left behind is removed before the next write of that file,
 unless the pid in its name is still running here (then it is a concurrent write, and is left alone)."""
+import json
 import os
 import re
 import shutil
@@ -53,3 +54,8 @@ def scratch_folder(parent: Path, purpose: str) -> tempfile.TemporaryDirectory:
     parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(parent, rf"\.{re.escape(purpose)}-(\d+)-.+")
     return tempfile.TemporaryDirectory(dir=parent, prefix=f".{purpose}-{os.getpid()}-")
+
+
+def write_json(path: Path, values) -> Path:
+    """`values` as indented JSON, written atomically."""
+    return write_atomically(path, lambda partial: partial.write_text(json.dumps(values, indent=2) + "\n"))

@@ -127,12 +127,11 @@ def log_trained_model(mlflow_run, task, datamodule) -> None:
 def evaluation_files(task, datamodule, folder: Path) -> list[Path]:
     """What the DVC evaluate stage writes beside the test metrics (classify: predictions.csv and per-class scores;
     embed: the vectors and the probes' neighbours), for run.py's MLflow run too."""
-    from pipeline.files import write_atomically
+    from pipeline.files import write_json
 
     more, files = task.evaluation(datamodule, folder)
     if more:
-        files.append(write_atomically(folder / "details.json",
-                                      lambda partial: partial.write_text(json.dumps(more, indent=1) + "\n")))
+        files.append(write_json(folder / "details.json", more))
     return files
 
 

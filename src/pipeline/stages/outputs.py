@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 
-from pipeline.files import write_atomically  # the stages import it from here too
+from pipeline.files import write_atomically, write_json  # the stages import them from here too
 
 RESULTS = Path("results")
 PREPARED = RESULTS / "prepare" / "data.pt"  # the splits as tensors, and the class names
@@ -12,10 +12,6 @@ RUN = RESULTS / "train" / "mlflow_run.json"  # the MLflow run of this pipeline r
 METRICS = RESULTS / "evaluate" / "metrics.json"
 DETAILS = RESULTS / "evaluate" / "details"  # the task's files (classify: predictions.csv, actual,predicted)
 PLOTS = RESULTS / "visualize"
-
-
-def write_json(path: Path, values: dict) -> Path:
-    return write_atomically(path, lambda partial: partial.write_text(json.dumps(values, indent=2) + "\n"))
 
 
 def pipeline_run_continued():

@@ -11,9 +11,11 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torchmetrics import MaxMetric, MinMetric
+from torchmetrics import MaxMetric, MeanMetric, MinMetric
 
 from pipeline.errors import ConfigError
+
+STAGES = ("train_", "val_", "test_")  # ModuleDict keys can't be "train" (a Module attribute): hence the underscore
 
 
 class Task(pl.LightningModule):
@@ -32,8 +34,8 @@ class Task(pl.LightningModule):
         self.scheduler = scheduler
         self.monitor, self.mode = monitor, mode
         self.log_every_step = log_every_step
-        if self.best_of.get(monitor) != mode:  # checks.check_config says so before anything is built
-            raise ConfigError(f"task.monitor={monitor} with task.mode={mode} do not fit task={self.name}")
+        self.check_best(monitor, mode)
+        self.mean_loss = nn.ModuleDict({stage: MeanMetric() for stage in STAGES})
         # The best epoch so far; persistent, so it is in checkpoints and a resumed run remembers it.
         self.val_best = nn.ModuleDict({key.removeprefix("val/"): MaxMetric() if direction == "max" else MinMetric()
                                        for key, direction in self.best_of.items()})
@@ -42,8 +44,17 @@ class Task(pl.LightningModule):
 
     # --- what a task declares ---------------------------------------------------------------------
     def val_metric(self, key: str):
-        """The torchmetrics object behind the validation metric `key` (one of best_of)."""
-        raise NotImplementedError
+        """The torchmetrics object behind the validation metric `key` (one of best_of): the mean loss for
+        val/loss; a task that keeps the best of other metrics says which object each is."""
+        return self.mean_loss["val_"]
+
+    @classmethod
+    def check_best(cls, monitor: str, mode: str) -> None:
+        """What "best" means must be one of best_of: checks.check_config asks before anything is built."""
+        if cls.best_of.get(monitor) != mode:
+            allowed = " or ".join(f"{key} with mode {direction}" for key, direction in cls.best_of.items())
+            raise ConfigError(f"task.monitor={monitor} with task.mode={mode}: task={cls.name} keeps the best epoch "
+                              f"by {allowed}")
 
     @classmethod
     def check_data(cls, cfg: DictConfig) -> None:
@@ -102,6 +113,14 @@ class Task(pl.LightningModule):
     def _step(self, batch, stage: str):
         raise NotImplementedError
 
+    def log_loss(self, stage: str, loss: torch.Tensor, count: int, prog_bar: bool = True) -> None:
+        """`<stage>/loss`, the epoch's mean over examples (batches weighted by their `count`), and with
+        log_every_step each training step's as train/loss_step."""
+        self.mean_loss[stage + "_"](loss, weight=count)
+        self.log(f"{stage}/loss", self.mean_loss[stage + "_"], on_step=False, on_epoch=True, prog_bar=prog_bar)
+        if self.log_every_step and stage == "train":
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+
 
 class ImageTask(Task):
     """A task that learns to rebuild images: it reads them as pixel values in [0, 1] (the datamodule's
@@ -118,10 +137,6 @@ class ImageTask(Task):
         """The test split's images in [0, 1] (the first `limit`) and their labels."""
         x, y = datamodule.splits["test"]
         return datamodule.unit_pixels(x[:limit]), y[:limit]
-
-
-def model_name(cfg: DictConfig) -> str:
-    return cfg.model._target_.rsplit(".", 1)[-1]
 
 
 def image_data_only(task: str, cfg: DictConfig) -> None:

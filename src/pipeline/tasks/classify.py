@@ -5,11 +5,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from pipeline.checks import model_name
 from pipeline.errors import ConfigError
-from pipeline.tasks.base import Task, model_name
+from pipeline.tasks.base import STAGES, Task
 from pipeline.tasks.losses import LOSSES
 
 
@@ -42,11 +42,9 @@ class Classifier(Task):
         self.label_smoothing = label_smoothing
         # Filled from the training split's class counts in setup(); a buffer, so it moves with the model.
         self.register_buffer("class_weight", None, persistent=False)
-        self.acc = nn.ModuleDict({stage: MulticlassAccuracy(num_classes, average="micro")
-                                  for stage in ("train_", "val_", "test_")})
+        self.acc = nn.ModuleDict({stage: MulticlassAccuracy(num_classes, average="micro") for stage in STAGES})
         # Not on train: a per-step F1 update would cost time for a number nobody reads.
         self.f1 = nn.ModuleDict({stage: MulticlassF1Score(num_classes, average="macro") for stage in ("val_", "test_")})
-        self.mean_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("train_", "val_", "test_")})
 
     def val_metric(self, key: str):
         return {"val/acc": self.acc["val_"], "val/f1_macro": self.f1["val_"]}[key]
@@ -57,18 +55,12 @@ class Classifier(Task):
             x = x.contiguous(memory_format=torch.channels_last)
         logits = self.model(x)
         loss = self.loss(logits, y)
-        # ModuleDict keys can't be "train" (a Module attribute), hence the trailing underscore.
         self.acc[stage + "_"](logits, y)
-        self.mean_loss[stage + "_"](loss, weight=len(y))
-        on_step = self.log_every_step and stage == "train"
-        self.log(f"{stage}/loss", self.mean_loss[stage + "_"], on_step=False, on_epoch=True,
-                 prog_bar=stage != "train")
+        self.log_loss(stage, loss, len(y), prog_bar=stage != "train")
         self.log(f"{stage}/acc", self.acc[stage + "_"], on_step=False, on_epoch=True, prog_bar=True)
         if stage != "train":
             self.f1[stage + "_"](logits, y)
             self.log(f"{stage}/f1_macro", self.f1[stage + "_"], on_step=False, on_epoch=True)
-        if on_step:
-            self.log("train/loss_step", loss, on_step=True, on_epoch=False)
         return loss
 
     def loss(self, logits, y):

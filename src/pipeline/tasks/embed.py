@@ -1,17 +1,16 @@
 """Word embeddings (lab 6): a model with a negative-sampling loss (word2vec) learns a vector per word from the
 words around it. Measured by the held-out loss; judged by the nearest neighbours of probe words, a 2-D map of the
 most frequent words, and the vectors themselves in the word2vec text format, which other tools read."""
-import json
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torchmetrics import MeanMetric
 
 from pipeline.errors import ConfigError
-from pipeline.files import write_atomically
-from pipeline.tasks.base import Task, model_name
+from pipeline.files import write_json
+from pipeline.checks import model_name
+from pipeline.tasks.base import Task
 from pipeline.word_vectors import nearest, write_word2vec
 
 
@@ -31,12 +30,8 @@ class Embedding(Task):
             raise ConfigError(f"task.negatives={negatives!r} is invalid: must be an integer >= 1 (word2vec uses 5-20)")
         self.negatives, self.probes = negatives, list(probes)
         self.neighbours, self.projection_words = neighbours, projection_words
-        self.mean_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("train_", "val_", "test_")})
         self.register_buffer("noise", None, persistent=False)
         self.evaluation_generator = torch.Generator()
-
-    def val_metric(self, key: str):
-        return self.mean_loss["val_"]
 
     def setup(self, stage: str) -> None:
         self.noise = self.trainer.datamodule.noise
@@ -53,10 +48,7 @@ class Embedding(Task):
         negatives = torch.multinomial(self.noise.cpu(), len(centre) * self.negatives, replacement=True,
                                       generator=generator).view(len(centre), self.negatives).to(centre.device)
         loss = self.model.loss(centre, context, negatives)
-        self.mean_loss[stage + "_"](loss, weight=len(centre))
-        self.log(f"{stage}/loss", self.mean_loss[stage + "_"], on_step=False, on_epoch=True, prog_bar=True)
-        if self.log_every_step and stage == "train":
-            self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+        self.log_loss(stage, loss, len(centre))
         return loss
 
     # --- what the pipeline asks of the task ---------------------------------------------------------
@@ -88,9 +80,8 @@ class Embedding(Task):
         format: gensim's KeyedVectors.load_word2vec_format reads it)."""
         words = datamodule.words
         found = self.probe_neighbours(words)
-        neighbours = write_atomically(folder / "neighbours.json",
-                                      lambda partial: partial.write_text(json.dumps(found, indent=1) + "\n"))
-        return {}, [neighbours, write_word2vec(folder / "vectors.txt", words, self.model.vectors().cpu())]
+        return {}, [write_json(folder / "neighbours.json", found),
+                    write_word2vec(folder / "vectors.txt", words, self.model.vectors().cpu())]
 
     def exported(self, datamodule) -> tuple[nn.Module, torch.Tensor, dict]:
         """The model: word ids in (the vocabulary's order is `words` in data/description.json), vectors out."""

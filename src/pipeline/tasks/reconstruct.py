@@ -10,8 +10,9 @@ from omegaconf import DictConfig
 from torch import nn
 from torchmetrics import MeanMetric
 
+from pipeline.checks import model_name
 from pipeline.errors import ConfigError
-from pipeline.tasks.base import ImageTask, model_name
+from pipeline.tasks.base import STAGES, ImageTask
 
 LOSSES = ("mse", "bce")
 
@@ -60,11 +61,7 @@ class Reconstruction(ImageTask):
         super().__init__(model, optimizer, scheduler, monitor, mode, log_every_step)
         self.loss_name = loss
         self.pca_samples = pca_samples
-        self.mean_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("train_", "val_", "test_")})
-        self.mse = nn.ModuleDict({stage: MeanMetric() for stage in ("train_", "val_", "test_")})
-
-    def val_metric(self, key: str):
-        return self.mean_loss["val_"]
+        self.mse = nn.ModuleDict({stage: MeanMetric() for stage in STAGES})
 
     def reconstruct(self, x):
         """The model's output as pixels: what the MSE, PSNR and plots measure."""
@@ -78,12 +75,9 @@ class Reconstruction(ImageTask):
             loss = F.binary_cross_entropy_with_logits(out, x)
         else:
             loss = F.mse_loss(out, x)
-        self.mean_loss[stage + "_"](loss, weight=len(x))
+        self.log_loss(stage, loss, len(x))
         self.mse[stage + "_"](F.mse_loss(rebuilt.detach(), x), weight=len(x))
-        self.log(f"{stage}/loss", self.mean_loss[stage + "_"], on_step=False, on_epoch=True, prog_bar=True)
         self.log(f"{stage}/mse", self.mse[stage + "_"], on_step=False, on_epoch=True)
-        if self.log_every_step and stage == "train":
-            self.log("train/loss_step", loss, on_step=True, on_epoch=False)
         return loss
 
     def on_test_epoch_end(self):

@@ -11,7 +11,8 @@ from torchmetrics import MeanMetric
 
 from pipeline.errors import ConfigError
 from pipeline.models.vae import kl_divergence
-from pipeline.tasks.base import ImageTask, model_name
+from pipeline.checks import model_name
+from pipeline.tasks.base import STAGES, ImageTask
 
 
 class Generator(nn.Module):
@@ -36,11 +37,9 @@ class VariationalAutoencoder(ImageTask):
                  mode: str = "min", log_every_step: bool = False):
         super().__init__(model, optimizer, scheduler, monitor, mode, log_every_step)
         self.samples = samples
-        self.terms = nn.ModuleDict({f"{stage}_{term}": MeanMetric() for stage in ("train", "val", "test")
-                                    for term in ("loss", "reconstruction", "kl")})
-
-    def val_metric(self, key: str):
-        return self.terms["val_loss"]
+        # The negative ELBO's two terms; the loss itself is the base's mean_loss.
+        self.terms = nn.ModuleDict({f"{stage}{term}": MeanMetric() for stage in STAGES
+                                    for term in ("reconstruction", "kl")})
 
     def _step(self, batch, stage: str):
         x = self.unit_pixels(batch[0])
@@ -48,12 +47,11 @@ class VariationalAutoencoder(ImageTask):
         reconstruction = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
         kl = kl_divergence(mu, logvar)
         loss = (reconstruction + kl).mean()
-        for term, value in (("loss", loss), ("reconstruction", reconstruction.mean()), ("kl", kl.mean())):
+        self.log_loss(stage, loss, len(x))
+        for term, value in (("reconstruction", reconstruction.mean()), ("kl", kl.mean())):
             metric = self.terms[f"{stage}_{term}"]
             metric(value.detach(), weight=len(x))
-            self.log(f"{stage}/{term}", metric, on_step=False, on_epoch=True, prog_bar=term == "loss")
-        if self.log_every_step and stage == "train":
-            self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+            self.log(f"{stage}/{term}", metric, on_step=False, on_epoch=True)
         return loss
 
     # --- what the pipeline asks of the task ---------------------------------------------------------
