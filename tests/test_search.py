@@ -132,6 +132,8 @@ def test_failing_refused_and_nan_trials_are_recorded_and_the_search_goes_on(run_
     assert sum("regularization.dropout=1.5 is invalid" in error for error in errors) == 2
     assert sum("diverged" in error for error in errors) == 1
     assert all(child.info.status == "FAILED" for child in by_state["FAIL"])
+    for child in by_state["FAIL"]:  # refused ones too: their values of the searched keys, as overrides name them
+        assert set(json.loads(child.data.tags["search.params"])) == {"optimizer.lr", "regularization.dropout"}
     assert result.stderr.count("failed:") + result.stderr.count("trial ") >= 3
 
 

@@ -95,7 +95,7 @@ class SearchSweeper(Sweeper):
         from pipeline.search.strategies import make_sampler
 
         fixed, swept = self.split_arguments(list(arguments))
-        space = parse_space({**self.params, **swept}, self.lists)
+        space = self.space = parse_space({**self.params, **swept}, self.lists)
         fixed = fixed + self.budget_overrides()
         base = self.compose(fixed)
         objectives = self.objectives_of(base)
@@ -199,14 +199,15 @@ class SearchSweeper(Sweeper):
 
         self.fail(study, trial, one_line(error), parent, job)
 
-    @staticmethod
-    def fail(study, trial, reason: str, parent, job) -> None:
+    def fail(self, study, trial, reason: str, parent, job) -> None:
         from optuna.trial import TrialState
+
+        from pipeline.search.space import from_params
 
         study.set_user_attr(f"fail_reason_{trial.number}", reason[:500])
         study.tell(trial, state=TrialState.FAIL)
         parent.failures.append((job, RuntimeError(reason)))
-        mark_child(parent, trial, "FAIL", reason)
+        mark_child(parent, trial, "FAIL", reason, searched=from_params(trial.params, self.space))
         print(f"trial {trial.number} failed: {reason}", file=sys.stderr)
 
     def check_failure_rate(self, study) -> None:
@@ -242,9 +243,9 @@ def exhausted(study) -> bool:
     return bool(check and check(study))
 
 
-def mark_child(parent, trial, state: str, reason: str | None = None) -> None:
+def mark_child(parent, trial, state: str, reason: str | None = None, searched: dict | None = None) -> None:
     """Tag the trial's MLflow run with the study's verdict (search.state); a trial refused before it ran gets a
-    FAILED run of its own, so every trial is in MLflow."""
+    FAILED run of its own, with its values of the searched keys (`searched`), so every trial is in MLflow."""
     if parent.run_id is None:
         return
     import json
@@ -257,10 +258,9 @@ def mark_child(parent, trial, state: str, reason: str | None = None) -> None:
                   if run.data.tags.get("search.trial") == str(trial.number)), None)
     if child is None:
         experiment = client.get_run(parent.run_id).info.experiment_id
-        params = {key: value for key, value in trial.params.items()}
         child = client.create_run(experiment, run_name=f"trial {trial.number} (refused)", tags={
-            "mlflow.parentRunId": parent.run_id, "search.trial": str(trial.number), "search.params": json.dumps(params),
-            liveness.ERROR: reason or ""})
+            "mlflow.parentRunId": parent.run_id, "search.trial": str(trial.number),
+            "search.params": json.dumps(searched or {}), liveness.ERROR: reason or ""})
         client.set_terminated(child.info.run_id, "FAILED")
     client.set_tag(child.info.run_id, "search.state", state)
     if reason and child.info.status != "FAILED" and state == "FAIL":  # finished, but its objective was not finite
