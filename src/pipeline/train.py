@@ -84,7 +84,7 @@ def build_data(cfg: DictConfig, prepared: dict | None = None):
 def build_task(cfg: DictConfig, datamodule) -> pl.LightningModule:
     """The model the config names, checked against the data, wrapped in its training task."""
     model = instantiate(cfg.model)
-    check_model_fits_data(model, cfg, example=datamodule.splits["train"][0][:2])
+    check_model_fits_data(model, cfg, example=datamodule.example_inputs())
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     return instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
 

@@ -93,6 +93,14 @@ class InMemoryDataModule(pl.LightningDataModule):
         weights = 1.0 / counts if self.class_weighting == "balanced" else counts.rsqrt()
         return weights * len(counts) / weights.sum()
 
+    def example_inputs(self, count: int = 2) -> torch.Tensor:
+        """A few real training inputs: what a model is tried on before training (checks.check_model_fits_data)."""
+        return self.splits["train"][0][:count]
+
+    def sizes(self) -> dict[str, int]:
+        """Examples per split, as the prepare stage reports them and the train stage records them."""
+        return {split: len(y) for split, (_, y) in self.splits.items()}
+
     def describe(self) -> dict:
         """What a logged model needs besides its weights to be used on new inputs."""
         return {"data": self.name, "class_names": self.class_names, "input_shape": list(self.input_shape)}

@@ -11,8 +11,8 @@ def prepare(cfg: DictConfig) -> None:
     start(cfg)
     datamodule = build_data(cfg)
     save_torch(PREPARED, datamodule.prepared())
-    sizes = ", ".join(f"{split} {len(y)}" for split, (_, y) in datamodule.splits.items())
-    found = (f"; {datamodule.num_classes} classes" if datamodule.num_classes
+    sizes = ", ".join(f"{split} {size}" for split, size in datamodule.sizes().items())
+    found = (f"; {datamodule.num_classes} classes" if getattr(datamodule, "num_classes", None)
              else f"; {datamodule.vocab_size} words" if getattr(datamodule, "vocab_size", None) else "")
     print(f"prepared data={cfg.data.name} ({sizes}{found}) -> {PREPARED}")
 

@@ -35,8 +35,8 @@ def pipeline_run(cfg: DictConfig, resumed):
 def prepared_summary(datamodule) -> dict:
     """What the MLflow run records of the prepare stage's output: its md5 (the same hash dvc.lock holds) and the
     split sizes, not the tensors themselves (CIFAR-10's are 150 MB)."""
-    return {"path": str(PREPARED), "md5": md5_of(PREPARED), "classes": datamodule.class_names,
-            "splits": {split: len(y) for split, (_, y) in datamodule.splits.items()}}
+    return {"path": str(PREPARED), "md5": md5_of(PREPARED), "classes": getattr(datamodule, "class_names", None),
+            "splits": datamodule.sizes()}
 
 
 def remove_scratch(checkpoint: Path, output_dir: Path) -> None:
