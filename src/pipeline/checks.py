@@ -39,6 +39,8 @@ RULES = [
     ("trainer.gradient_clip_val", lambda v: v is None or (_number(v) and v > 0), "null (off) or a number > 0"),
     ("data.input_shape", lambda v: isinstance(v, list) and v and all(_integer(d) and d >= 1 for d in v),
      "a non-empty list of integers >= 1"),
+    ("data.train_size", lambda v: v is None or (_integer(v) and v >= 2),
+     "null (every training example) or an integer >= 2 (a stratified subset of the training split)"),
     ("data.val_fraction", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
     ("data.test_fraction", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
     ("data.num_samples", lambda v: _integer(v) and v >= 20, "an integer >= 20"),

@@ -10,8 +10,9 @@ from pipeline.errors import ConfigError
 CLASS_WEIGHTINGS = ("none", "balanced", "sqrt")
 
 
-def stratified_split(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int):
-    """Split (x, y) into a part and a held-out `fraction`, with every class in both in its proportion."""
+def stratified_split(x: torch.Tensor, y: torch.Tensor, fraction: float | int, seed: int):
+    """Split (x, y) into a part and a held-out `fraction` (an int: that many examples), with every class in both
+    in its proportion."""
     index = torch.arange(len(y)).numpy()
     keep, held = train_test_split(index, test_size=fraction, stratify=y.numpy(), random_state=seed)
     keep, held = torch.from_numpy(keep), torch.from_numpy(held)
@@ -26,7 +27,7 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     def __init__(self, name: str, input_shape, num_classes: int, root: str, batch_size: int,
                  val_fraction: float, seed: int, test_fraction: float | None = None, class_names=None,
-                 class_weighting: str = "none"):
+                 class_weighting: str = "none", train_size: int | None = None):
         super().__init__()
         self.name = name
         # num_classes=None: the data finds its classes when loaded (chars: one per language file).
@@ -39,6 +40,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.test_fraction = test_fraction
         self.seed = seed
         self.class_weighting = class_weighting
+        self.train_size = train_size
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.shuffle_generator = torch.Generator().manual_seed(seed)
 
@@ -59,7 +61,19 @@ class InMemoryDataModule(pl.LightningDataModule):
         if sample_shape != self.input_shape:
             raise ConfigError(f"data.input_shape={list(self.input_shape)} does not match data={self.name}, "
                               f"whose samples have shape {list(sample_shape)}")
-        self.splits = splits
+        self.splits = self.subset_training(splits)
+
+    def subset_training(self, splits: dict) -> dict:
+        """With `train_size`, a stratified, seeded subset of that many training examples (validation and test
+        untouched): how a lab shows what a model learns from few labels (experiment=transfer uses 1,000)."""
+        x, y = splits["train"]
+        if self.train_size is None or self.train_size >= len(y):
+            return splits
+        if self.train_size < len(torch.unique(y)):
+            raise ConfigError(f"data.train_size={self.train_size} is fewer than data={self.name}'s "
+                              f"{len(torch.unique(y))} classes: a stratified subset needs one example of each")
+        _, kept = stratified_split(x, y, self.train_size, self.seed)  # an int: that many examples
+        return {**splits, "train": kept}
 
     def prepared(self) -> dict:
         """The loaded splits and what loading found (the classes): all a later process needs, see restore()."""
