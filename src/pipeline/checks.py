@@ -75,7 +75,9 @@ def _plain(value):
 # What kind of data a model needs when it reads a data key that the chosen data does not declare.
 NEEDS = {"data.vocab_size": "this model reads token ids, such as data=chars (names) or data=text (words)",
          "data.input_shape": "this model reads fixed-size inputs (images or feature vectors), not a word stream",
-         "data.num_classes": "it needs labelled data, which data=text (a word stream for task=embed) is not"}
+         "data.num_classes": "it needs labelled data, which data=text (a word stream for task=embed) and "
+                             "environments (data=cartpole, acrobot: use model=policy_mlp) are not",
+         "data.num_actions": "it acts in an environment, such as data=cartpole or acrobot (task=dqn, reinforce)"}
 
 
 def check_reads_declared_data(cfg: DictConfig) -> None:
