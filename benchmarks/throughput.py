@@ -17,6 +17,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from pipeline.models.building import build_network
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
 CASES = {"mnist_mlp": ["experiment=mnist_mlp"], "cifar10_cnn": ["experiment=cifar10_cnn"]}
 # The same code paths as the real cases (epoch and step schedules, dropout, BatchNorm, label smoothing, class
@@ -36,7 +38,7 @@ def build(cfg):
     pl.seed_everything(cfg.seed, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
-    model = instantiate(cfg.model)
+    model = build_network(cfg.model)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     task = instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
     return datamodule, task

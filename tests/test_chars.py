@@ -20,6 +20,7 @@ from pipeline.data.vocabulary import PAD, UNKNOWN, CharVocabulary, fold_to_ascii
 from pipeline.errors import ConfigError, DataError
 from pipeline.models.recurrent import RecurrentClassifier
 from pipeline.train import run
+from pipeline.models.building import build_network
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,;'-"
 
@@ -173,7 +174,8 @@ def test_the_loss_uses_the_datas_class_weights(names_root, compose_config):
     cfg = chars_config(compose_config, names_root, "model=gru", "data.class_weighting=sqrt")
     module = instantiate(cfg.data)
     module.setup()
-    task = instantiate(cfg.task, num_classes=3, model=instantiate(cfg.model, num_classes=3, vocab_size=60),
+    cfg.model.num_classes, cfg.model.vocab_size = 3, 60
+    task = instantiate(cfg.task, num_classes=3, model=build_network(cfg.model),
                        optimizer=instantiate(cfg.optimizer))
     trainer = pl.Trainer(fast_dev_run=True, logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(task, datamodule=module)

@@ -15,6 +15,7 @@ from conftest import CONF, all_runs
 from pipeline.checks import check_config, check_model_fits_data
 from pipeline.errors import ConfigError
 from pipeline.train import run
+from pipeline.models.building import build_network
 
 
 def options(group: str) -> list[str]:
@@ -49,7 +50,7 @@ def test_groups_have_the_options_the_curriculum_needs():
     assert {"digits", "xor", "moons", "spirals", "mnist", "fashion_mnist", "cifar10"} <= set(DATA)
     assert {"linear", "mlp", "rnn", "lstm", "gru"} <= set(MODELS)
     assert OTHER_TASKS_MODELS <= set(ALL_MODELS)
-    assert set(options("task")) == {"classify", "reconstruct", "vae", "embed"}
+    assert set(options("task")) == {"classify", "reconstruct", "vae", "embed", "gan", "dqn", "reinforce"}
     assert "chars" in DATA
     assert {"sgd", "momentum", "rmsprop", "adam", "adamw"} <= set(OPTIMIZERS)
     assert {"none", "weight_decay", "dropout", "batchnorm"} <= set(REGULARIZATIONS)
@@ -80,9 +81,9 @@ def test_data_model_regularization_composes_and_builds(compose_config, data, mod
     assert list(cfg.model.input_shape) == list(cfg.data.input_shape)
     if not compatible(data, model):
         with pytest.raises((ConfigError, InstantiationException), match="input_shape|shape|token ids"):
-            check_model_fits_data(instantiate(cfg.model), cfg)
+            check_model_fits_data(build_network(cfg.model), cfg)
         return
-    built = instantiate(cfg.model)
+    built = build_network(cfg.model)
     check_model_fits_data(built, cfg)
     dropout, batchnorm = cfg.regularization.dropout, cfg.regularization.batchnorm
     assert {m.p for m in built.modules() if isinstance(m, nn.Dropout)} == ({dropout} if dropout else set())
@@ -103,7 +104,7 @@ def test_optimizer_regularization_scheduler_builds_what_the_options_say(compose_
                                                                         scheduler):
     cfg = compose_config(f"optimizer={optimizer}", f"regularization={regularization}", f"scheduler={scheduler}")
     check_config(cfg)
-    built = instantiate(cfg.optimizer)(params=instantiate(cfg.model).parameters())
+    built = instantiate(cfg.optimizer)(params=build_network(cfg.model).parameters())
     assert type(built) is OPTIMIZER_CLASSES[optimizer]
     (group,) = built.param_groups
     assert group["weight_decay"] == option_values("regularization", regularization)["weight_decay"]

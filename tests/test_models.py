@@ -14,6 +14,7 @@ from pipeline.models.cnn import CNN
 from pipeline.models.lenet import LeNet
 from pipeline.models.resnet import ResNet
 from pipeline.models.vgg import VGG
+from pipeline.models.building import PIPELINE_KEYS, build_network
 
 CONF = Path(__file__).parents[1] / "conf"
 MODELS = {"lenet": LeNet, "vgg": VGG, "resnet": ResNet, "cnn": CNN}
@@ -143,10 +144,10 @@ def test_config_composes_and_builds(model, regularization, tmp_path):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[f"model={model}", "data=digits", f"regularization={regularization}",
                                            f"paths.output_dir={tmp_path}"])
-    network = instantiate(cfg.model)
+    network = build_network(cfg.model)
     assert type(network) is MODELS[model]
     # The YAML keys are the __init__ arguments, one to one.
-    assert set(cfg.model) - {"_target_"} == set(inspect.signature(MODELS[model]).parameters)
+    assert set(cfg.model) - {"_target_", *PIPELINE_KEYS} == set(inspect.signature(MODELS[model]).parameters)
     network.eval()
     with torch.no_grad():
         logits = network(torch.zeros(2, *cfg.data.input_shape))

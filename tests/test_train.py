@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 
 from conftest import all_runs
 from pipeline.train import run
+from pipeline.models.building import build_network
 
 
 def test_mlp_learns_digits_and_mlflow_records_the_run(compose_config, tracking_uri, tmp_path):
@@ -54,7 +55,7 @@ def test_logged_model_loads_back_and_predicts_the_same(compose_config, tracking_
     datamodule.setup()
     x, _ = datamodule.splits["test"]
     checkpoint = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt", weights_only=False)
-    network = instantiate(cfg.model)
+    network = build_network(cfg.model)
     network.load_state_dict({k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()
                              if k.startswith("model.")})
     network.eval()
@@ -91,8 +92,9 @@ def test_classification_run_logs_confusion_matrix_and_misclassified_grid(compose
     run(compose_config("trainer.max_epochs=1", "model=linear", "optimizer=sgd", "optimizer.lr=0.001"), overrides=[])
     client, runs = all_runs(tracking_uri)
     plots = {a.path for a in client.list_artifacts(runs[0].info.run_id, "plots")}
-    assert plots == {"plots/confusion_matrix.png", "plots/misclassified.png"}
-    for name in plots:
+    assert plots == {"plots/confusion_matrix.png", "plots/misclassified.png", "plots/explanations.png",
+                     "plots/explanations.json"}
+    for name in plots - {"plots/explanations.json"}:
         assert open(client.download_artifacts(runs[0].info.run_id, name), "rb").read(4) == b"\x89PNG"
 
 

@@ -41,6 +41,9 @@ RULES = [
      "a non-empty list of integers >= 1"),
     ("data.train_size", lambda v: v is None or (_integer(v) and v >= 2),
      "null (every training example) or an integer >= 2 (a stratified subset of the training split)"),
+    ("data.classes", lambda v: v is None or (isinstance(v, list) and len(v) >= 2 and all(_integer(c) and c >= 0
+                                                                                  for c in v)),
+     "null (every class) or a list of at least two class indices, e.g. [5, 6, 7, 8, 9]"),
     ("data.val_fraction", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
     ("data.test_fraction", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
     ("data.num_samples", lambda v: _integer(v) and v >= 20, "an integer >= 20"),
@@ -174,6 +177,10 @@ def check_job(cfg: DictConfig) -> None:
     check_config(cfg)
     sizes = [OmegaConf.select(cfg, key, default=_ABSENT) for key in ("data.num_classes", "data.vocab_size")]
     if "model" in cfg and None not in sizes:
-        from hydra.utils import instantiate
+        from pipeline.models.building import build_network
 
-        check_model_fits_data(instantiate(cfg.model), cfg)
+        check_model_fits_data(build_network(cfg.model), cfg)
+    if "model" in cfg and cfg.model.get("init_from"):
+        from pipeline import transfer
+
+        transfer.origin(str(cfg.model.init_from), transfer.tracking_uri(cfg))

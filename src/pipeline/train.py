@@ -12,11 +12,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from pipeline import resume, tracking
+from pipeline import resume, tracking, transfer
 from pipeline.checks import check_config, check_model_fits_data
 from pipeline.objective import objective
 from pipeline.divergence import StopOnDivergence
 from pipeline.errors import ConfigError
+from pipeline.models.building import build_network
 
 log = logging.getLogger(__name__)
 # Lightning advertises a cloud logger at every start; users of this pipeline have MLflow.
@@ -83,7 +84,7 @@ def build_data(cfg: DictConfig, prepared: dict | None = None):
 
 def build_task(cfg: DictConfig, datamodule) -> pl.LightningModule:
     """The model the config names, checked against the data, wrapped in its training task."""
-    model = instantiate(cfg.model)
+    model = build_network(cfg.model)
     check_model_fits_data(model, cfg, example=datamodule.example_inputs())
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     return instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
@@ -208,6 +209,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str 
     identity = run_identity(cfg)
     datamodule = build_data(cfg)
     task = build_task(cfg, datamodule)
+    identity.update(transfer.apply(task.model, cfg))
 
     run_name = tracking.run_name(overrides, swept_keys)
     tracked = (tracking.experiment_run(cfg, run_name, overrides, parent_run_id,

@@ -27,7 +27,7 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     def __init__(self, name: str, input_shape, num_classes: int, root: str, batch_size: int,
                  val_fraction: float, seed: int, test_fraction: float | None = None, class_names=None,
-                 class_weighting: str = "none", train_size: int | None = None):
+                 class_weighting: str = "none", train_size: int | None = None, classes=None):
         super().__init__()
         self.name = name
         # num_classes=None: the data finds its classes when loaded (chars: one per language file).
@@ -41,6 +41,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.seed = seed
         self.class_weighting = class_weighting
         self.train_size = train_size
+        self.classes = list(classes) if classes is not None else None
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.shuffle_generator = torch.Generator().manual_seed(seed)
 
@@ -61,7 +62,29 @@ class InMemoryDataModule(pl.LightningDataModule):
         if sample_shape != self.input_shape:
             raise ConfigError(f"data.input_shape={list(self.input_shape)} does not match data={self.name}, "
                               f"whose samples have shape {list(sample_shape)}")
-        self.splits = self.subset_training(splits)
+        self.splits = self.subset_training(self.keep_classes(splits))
+
+    def keep_classes(self, splits: dict) -> dict:
+        """With `classes`, only those classes' examples, relabelled 0, 1, ... in the order given: a task of its
+        own from part of a dataset (MNIST's digits 5-9 after a model learned 0-4)."""
+        if self.classes is None:
+            return splits
+        known = max(int(y.max()) for _, y in splits.values()) + 1
+        if len(set(self.classes)) != len(self.classes) or not all(0 <= c < known for c in self.classes):
+            raise ConfigError(f"data.classes={self.classes}: must be distinct class indices of data={self.name}, "
+                              f"in [0, {known})")
+        if self.num_classes != len(self.classes):
+            raise ConfigError(f"data.classes={self.classes} keeps {len(self.classes)} classes but data.num_classes="
+                              f"{self.num_classes}: set data.num_classes={len(self.classes)}")
+        relabel = torch.full((known,), -1, dtype=torch.long)
+        relabel[torch.tensor(self.classes)] = torch.arange(len(self.classes))
+        named = len(self.class_names) == known
+        self.class_names = [self.class_names[c] if named else str(c) for c in self.classes]
+        kept = {}
+        for split, (x, y) in splits.items():
+            mask = relabel[y] >= 0
+            kept[split] = (x[mask].contiguous(), relabel[y[mask]])
+        return kept
 
     def subset_training(self, splits: dict) -> dict:
         """With `train_size`, a stratified, seeded subset of that many training examples (validation and test

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from pipeline import resume, tracking
+from pipeline import resume, tracking, transfer
 from pipeline.cli import run_stage
 from pipeline.data.download import md5_of
 from pipeline.history import EpochHistory, HistoryInCheckpoints
@@ -17,13 +17,13 @@ from pipeline.train import (build_data, build_task, build_trainer, fit, log_trai
                             run_identity, start)
 
 
-def pipeline_run(cfg: DictConfig, resumed):
+def pipeline_run(cfg: DictConfig, resumed, transferred: dict):
     """The MLflow run of this pipeline run, named after the DVC experiment when there is one (or the run of a
     train stage that was stopped, which this one continues)."""
     if not tracking.uses_mlflow(cfg):
         return contextlib.nullcontext()
     experiment = os.environ.get("DVC_EXP_NAME")
-    tags = {"pipeline.entry": "dvc", **run_identity(cfg)}
+    tags = {"pipeline.entry": "dvc", **run_identity(cfg), **transferred}
     if experiment:
         tags["dvc.experiment"] = experiment
     if os.environ.get("DVC_EXP_BASELINE_REV"):
@@ -69,8 +69,9 @@ def train(cfg: DictConfig) -> None:
     start(cfg)
     datamodule = build_data(cfg, prepared=load_prepared())
     task = build_task(cfg, datamodule)
+    transferred = transfer.apply(task.model, cfg)
     history = EpochHistory()
-    with pipeline_run(cfg, resumed) as mlflow_run:
+    with pipeline_run(cfg, resumed, transferred) as mlflow_run:
         trainer = build_trainer(cfg, mlflow_run, loggers=[history], callbacks=[HistoryInCheckpoints(history)])
         metrics, best = fit(trainer, task, datamodule, resumed and resumed.checkpoint)
         if best:
