@@ -20,7 +20,7 @@ from pipeline.train import fill_from_data
 TINY = ["model=cnn", "model.channels=[8,16]", "model.pool_after=[0,1]", "trainer.max_epochs=3", "optimizer.lr=0.02"]
 PROJECT_FILES = ["conf", "src", "dvc.yaml", ".dvcignore", ".dvc/config", ".gitignore"]
 CNN_PLOTS = {"learning_curves.png", "confusion_matrix.png", "misclassified.png", "filters.png",
-             "feature_maps.png", "saliency.png"}
+             "feature_maps.png", "explanations.png", "explanations.json"}
 
 
 def command_env() -> dict:
@@ -101,7 +101,8 @@ def test_repro_runs_the_four_stages_and_writes_sane_outputs(repro):
     assert correct / 360 == pytest.approx(metrics["acc"], abs=1e-4)
     plots = {path.name: path for path in (repo / "results/visualize").iterdir()}
     assert set(plots) == CNN_PLOTS
-    assert all(path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 2000 for path in plots.values())
+    assert all(path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 2000 for path in plots.values()
+               if path.suffix == ".png")
     # Lightning's scratch checkpoints are gone: only the declared outputs (and DVC's .gitignore) remain.
     assert {path.name for path in (repo / "results/train").iterdir()} == {
         ".gitignore", "model.ckpt", "history.csv", "mlflow_run.json"}
@@ -148,7 +149,7 @@ def test_metrics_and_plots_show_what_the_pipeline_measured(repro):
     assert values["acc"] == read_metrics(repo)["acc"]
     plots = json.loads(sh(repo, "dvc", "plots", "show", "--json").stdout)["data"]
     assert {"loss", "accuracy", "confusion_matrix"} <= set(plots)
-    assert any(name.endswith("saliency.png") for name in plots)
+    assert any(name.endswith("explanations.png") for name in plots)
 
 
 def test_a_second_repro_does_nothing(repro):

@@ -94,17 +94,21 @@ class Classifier(Task):
                               f"{cfg.data.num_classes} class logits (task=classify)")
 
     def plots(self, datamodule, viz: DictConfig, folder: Path) -> list[Path]:
-        """Confusion matrix, misclassified images, and for CNNs filters, feature maps and saliency of the
-        test example `viz.example`."""
+        """Confusion matrix, misclassified images; for CNNs the first layer's filters and feature maps of the test
+        example `viz.example`; for image inputs explanations (saliency, integrated gradients, Grad-CAM) of four
+        test images from there, with the deletion test and sanity check on 300 test images (explanations.json)."""
         from pipeline.viz.classification import classification_plots, predict
+        from pipeline.viz.explanations import explanation_files
         from pipeline.viz.network import network_plots
 
         images, labels, predictions = predict(self.model, datamodule.test_dataloader())
-        names = datamodule.class_names
-        paths = classification_plots(images, labels, predictions, names, folder, viz.dpi)
+        paths = classification_plots(images, labels, predictions, datamodule.class_names, folder, viz.dpi)
         index = min(viz.example, len(images) - 1)
-        return paths + network_plots(self.model, images[index], int(labels[index]), names, folder,
-                                     viz.max_channels, viz.dpi)
+        paths += network_plots(self.model, images[index], folder, viz.max_channels, viz.dpi)
+        if images.dim() == 4 and images.is_floating_point():
+            shown = range(index, index + 4)
+            paths += explanation_files(self.model, datamodule, folder, shown, sample=300, dpi=viz.dpi)[1]
+        return paths
 
     def evaluation(self, datamodule, folder: Path) -> tuple[dict, list[Path]]:
         """Per-class precision, recall and F1, and every test example's actual and predicted class

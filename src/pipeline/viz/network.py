@@ -1,5 +1,5 @@
-"""What a convolutional network looks at: its first-layer filters, the feature maps they make of one example,
-and a saliency map (which input pixels move the predicted class's score most)."""
+"""What a convolutional network's first layer does: its filters and the feature maps they make of one example
+(what the network attends to, saliency and the rest, is in viz/explanations.py)."""
 import math
 from pathlib import Path
 
@@ -63,35 +63,11 @@ def plot_feature_maps(model: nn.Module, conv: nn.Conv2d, example: torch.Tensor, 
                  dpi, cmap="viridis")
 
 
-def saliency(model: nn.Module, example: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """|d score(predicted class) / d input|, the maximum over channels, and the predicted class."""
-    model.eval()
-    x = example.unsqueeze(0).clone().requires_grad_(True)
-    scores = model(x)
-    predicted = int(scores.argmax(dim=-1))
-    scores[0, predicted].backward()
-    return x.grad[0].abs().amax(dim=0), predicted
-
-
-def plot_saliency(model: nn.Module, example: torch.Tensor, label: int, class_names: list[str], path: Path,
-                  dpi: int = 110) -> Path:
-    heat, predicted = saliency(model, example)
-    plt = pyplot()
-    figure, (left, right) = plt.subplots(1, 2, figsize=(6, 3.2))
-    _show(left, example)
-    left.set_title(f"test example: {class_names[label]}", fontsize=9)
-    right.imshow(heat.numpy(), cmap="hot")
-    right.axis("off")
-    right.set_title(f"saliency for predicted {class_names[predicted]}", fontsize=9)
-    return save(figure, path, dpi)
-
-
-def network_plots(model: nn.Module, example: torch.Tensor, label: int, class_names: list[str], folder: Path,
-                  max_channels: int, dpi: int = 110) -> list[Path]:
-    """Filters, feature maps and saliency of a model with a convolution on image input; nothing otherwise."""
+def network_plots(model: nn.Module, example: torch.Tensor, folder: Path, max_channels: int,
+                  dpi: int = 110) -> list[Path]:
+    """Filters and feature maps of a model with a convolution on image input; nothing otherwise."""
     conv = first_conv(model)
     if conv is None or example.dim() != 3:
         return []
     return [plot_filters(conv, folder / "filters.png", max_channels, dpi),
-            plot_feature_maps(model, conv, example, folder / "feature_maps.png", max_channels, dpi),
-            plot_saliency(model, example, label, class_names, folder / "saliency.png", dpi)]
+            plot_feature_maps(model, conv, example, folder / "feature_maps.png", max_channels, dpi)]
