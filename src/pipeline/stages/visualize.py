@@ -1,5 +1,6 @@
 """Stage 4: the PNG plots of the trained model: learning curves, then the task's own (classify: confusion matrix,
-misclassified examples, and for CNNs filters, feature maps and saliency; options: params viz.*)."""
+misclassified examples, for CNNs filters and feature maps, and for image classifiers explanations.png with the
+deletion test and sanity check in explanations.json; options: params viz.*)."""
 import shutil
 
 from omegaconf import DictConfig
