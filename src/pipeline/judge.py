@@ -51,7 +51,9 @@ class Judge:
 
     def __init__(self, classifier: nn.Module, mean, std, source: str):
         self.store: list[torch.Tensor] = []
-        self.classifier = recording_penultimate(classifier.eval(), self.store)
+        if not isinstance(classifier, torch.fx.GraphModule):  # torch.export's graphs are exported in eval mode
+            classifier.eval()
+        self.classifier = recording_penultimate(classifier, self.store)
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
         self.source = source  # what the logs and the logged model's description say it is
