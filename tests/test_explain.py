@@ -121,7 +121,7 @@ def test_explain_a_tracked_cnn_run_writes_figure_and_json_and_logs_them_back(tra
                              tracking_uri, "--images", "0,5", "--sample", "120", "--steps", "8", "--out", str(out)],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "grad_cam" in result.stdout and "drop vs random" in result.stdout
+    assert all(word in result.stdout for word in ("grad_cam", "drop vs random", "re-init drop", "sanity rho"))
     assert (out / "explanations.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((out / "explanations.json").read_text())
     assert saved["images"] == 120 and saved["test_images"] == 360 and saved["steps"] == 8
@@ -129,6 +129,9 @@ def test_explain_a_tracked_cnn_run_writes_figure_and_json_and_logs_them_back(tra
         assert saved[f"deletion_drop_{method}"] == pytest.approx(
             saved["accuracy_random_mask"] - saved[f"accuracy_masked_{method}"])
         assert -1 <= saved[f"sanity_spearman_{method}"] <= 1
+        assert -1 <= saved[f"deletion_drop_{method}_reinitialised"] <= 1
+    assert saved["control_drop_brightest"] == pytest.approx(
+        saved["accuracy_random_mask"] - saved["accuracy_masked_brightest"])
     metrics = client.get_run(run_id).data.metrics
     assert metrics["explain/deletion_drop_grad_cam"] == pytest.approx(saved["deletion_drop_grad_cam"])
     assert metrics["explain/sanity_spearman_saliency"] == pytest.approx(saved["sanity_spearman_saliency"])

@@ -47,14 +47,18 @@ def rebuilt_model(cfg, datamodule, logged):
 
 
 def table(results: dict) -> str:
-    methods = [key.removeprefix("deletion_drop_") for key in results if key.startswith("deletion_drop_")]
+    methods = [key.removeprefix("sanity_spearman_") for key in results if key.startswith("sanity_spearman_")]
     lines = [f"test images {results['images']} (of {results['test_images']}); accuracy {results['accuracy']:.4f}; "
              f"masking a random {results['fraction']:.0%} of pixels: {results['accuracy_random_mask']:.4f}",
-             f"{'method':<22}{'acc masked':>11}{'drop vs random':>16}{'sanity rho':>12}"]
-    lines += [f"{method:<22}{results[f'accuracy_masked_{method}']:>11.4f}{results[f'deletion_drop_{method}']:>+16.4f}"
+             f"{'method':<24}{'acc masked':>11}{'drop vs random':>16}{'re-init drop':>14}{'sanity rho':>12}"]
+    lines += [f"{method:<24}{results[f'accuracy_masked_{method}']:>11.4f}{results[f'deletion_drop_{method}']:>+16.4f}"
+              f"{results[f'deletion_drop_{method}_reinitialised']:>+14.4f}"
               f"{results[f'sanity_spearman_{method}']:>12.3f}" for method in methods]
-    lines.append(f"{'control: brightest 10%':<22}{results['accuracy_masked_brightest']:>11.4f}"
-                 f"{results['control_drop_brightest']:>+16.4f}{'':>12}  (masks the ink; uses no model)")
+    lines.append(f"{'control: brightest 10%':<24}{results['accuracy_masked_brightest']:>11.4f}"
+                 f"{results['control_drop_brightest']:>+16.4f}  (masks the ink; asks nothing of the model)")
+    lines.append("drop vs random: accuracy lost beyond random masking (higher: the maps point at what the model "
+                 "needs); re-init drop: the same with a re-initialised model's maps; sanity rho: Spearman of trained "
+                 "vs re-initialised maps (near 0 passes)")
     if isinstance(results.get("grad_cam"), str):
         lines.append(f"grad_cam: {results['grad_cam']}")
     return "\n".join(lines)

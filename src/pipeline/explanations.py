@@ -130,29 +130,37 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (ranks_a * ranks_b).sum(1) / (ranks_a.norm(dim=1) * ranks_b.norm(dim=1)).clamp_min(1e-12)
 
 
+def rank_agreement(maps: dict[str, torch.Tensor], other_maps: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per method, the mean over images of the Spearman correlation of two models' absolute attributions."""
+    return {method: float(rank_correlation(pixel_importance(maps[method]), pixel_importance(other_maps[method]))
+                          .mean()) for method in maps}
+
+
 def sanity_check(model: nn.Module, other: nn.Module, x: torch.Tensor, target: torch.Tensor,
                  maps: dict[str, torch.Tensor], baseline: torch.Tensor, steps: int = 50) -> dict[str, float]:
-    """Per method, the mean over images of the Spearman correlation between `model`'s absolute attributions
-    (`maps`, on `x`) and `other`'s (a re-initialised copy) for the same target: near 0 means the maps depend on
-    what was learned, near 1 that they show the input or the architecture whatever the weights."""
-    return {method: float(rank_correlation(pixel_importance(maps[method]),
-                                           pixel_importance(attribute(other, x, target, method, baseline, steps)))
-                          .mean())
-            for method in maps}
+    """Per method, how `model`'s attributions (`maps`, on `x`) agree with `other`'s (a re-initialised copy) for the
+    same targets (rank_agreement): near 0 means the maps depend on what was learned, near 1 that they show the input
+    or the architecture whatever the weights."""
+    return rank_agreement(maps, {method: attribute(other, x, target, method, baseline, steps) for method in maps})
 
 
 def explain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, value: torch.Tensor, steps: int = 50,
-            sanity_count: int = 200, seed: int = 0) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The deletion test on (x, y), the sanity check on its first `sanity_count` images, and each method's
-    attributions for the predicted classes: (results, maps). `value`: a black pixel, masked value and baseline."""
+            seed: int = 0) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The deletion test on (x, y) and the sanity check, and each method's attributions for the predicted classes:
+    (results, maps). The re-initialised model's maps also go through the deletion test: a method whose drop stays
+    as large with them measures the input, not the model. `value`: a black pixel, the masked value and IG's
+    baseline."""
     target = predicted(model, x)
     maps = {method: attribute(model, x, target, method, value, steps) for method in methods_for(model)}
     results = {"images": len(x), "fraction": FRACTION, "mask": "black (a pixel of 0 before normalisation)",
                "target": "predicted class", "steps": steps, **deletion_test(model, x, y, maps, value, seed=seed)}
-    few = slice(0, min(sanity_count, len(x)))
-    correlations = sanity_check(model, reinitialised(model, seed), x[few], target[few],
-                                {method: attributions[few] for method, attributions in maps.items()}, value, steps)
-    results.update({f"sanity_spearman_{method}": correlation for method, correlation in correlations.items()})
+    fresh = reinitialised(model, seed)
+    fresh_maps = {method: attribute(fresh, x, target, method, value, steps) for method in maps}
+    results.update({f"sanity_spearman_{method}": correlation
+                    for method, correlation in rank_agreement(maps, fresh_maps).items()})
+    with_fresh_maps = deletion_test(model, x, y, fresh_maps, value, seed=seed)
+    results.update({f"deletion_drop_{method}_reinitialised": with_fresh_maps[f"deletion_drop_{method}"]
+                    for method in maps})
     if "grad_cam" not in maps:
         results["grad_cam"] = "skipped: the model has no convolutional layer"
     return results, maps

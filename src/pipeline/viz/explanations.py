@@ -1,6 +1,6 @@
 """One figure of what a classifier looks at: per chosen test image, the image, then each attribution method's map
 (saliency and integrated gradients as absolute values summed over channels, Grad-CAM over the image), titled with
-the deletion test's verdict per method."""
+each method's checks: its deletion drop beyond random masking and its rank correlation with a re-initialised model."""
 from pathlib import Path
 
 import torch
@@ -40,8 +40,9 @@ def plot_explanations(images: torch.Tensor, labels, predictions, maps: dict[str,
             else:
                 axis.imshow(heat, cmap="hot")
             if row == 0:
-                drop = results.get(f"deletion_drop_{method}")
-                axis.set_title(TITLES[method] + ("" if drop is None else f"\ndeletion drop {drop:+.2f}"), fontsize=8)
+                drop, rho = results.get(f"deletion_drop_{method}"), results.get(f"sanity_spearman_{method}")
+                checks = "" if drop is None else f"\ndeletion drop {drop:+.2f}, re-init rho {rho:.2f}"
+                axis.set_title(TITLES[method] + checks, fontsize=8)
     for axis in axes.flat:
         axis.axis("off")
     note = f"; {results['grad_cam']}" if isinstance(results.get("grad_cam"), str) else ""
