@@ -41,7 +41,7 @@ def plot_explanations(images: torch.Tensor, labels, predictions, maps: dict[str,
                 axis.imshow(heat, cmap="hot")
             if row == 0:
                 drop, rho = results.get(f"deletion_drop_{method}"), results.get(f"sanity_spearman_{method}")
-                checks = "" if drop is None else f"\ndeletion drop {drop:+.2f}, re-init rho {rho:.2f}"
+                checks = "" if drop is None else f"\ndeletion drop {drop:+.2f}\nre-init rho {rho:.2f}"
                 axis.set_title(TITLES[method] + checks, fontsize=8)
     for axis in axes.flat:
         axis.axis("off")
