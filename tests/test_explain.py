@@ -12,8 +12,8 @@ from torch import nn
 
 from conftest import all_runs
 from pipeline.explain import main
-from pipeline.explanations import (attribute, deletion_test, pixel_importance, reinitialised, sanity_check,
-                                   top_pixels)
+from pipeline.explanations import (attribute, black_value, deletion_test, last_conv, pixel_importance, reinitialised,
+                                   sanity_check, top_pixels)
 from pipeline.train import run
 from test_dvc import make_repo, sh
 
@@ -178,3 +178,25 @@ def test_dvc_visualize_stage_writes_the_explanations_of_the_default_pipeline(tmp
     client, (pipeline_run,) = all_runs(f"sqlite:///{repo}/mlflow.db")
     assert "plots/explanations.json" in {item.path for item in client.list_artifacts(pipeline_run.info.run_id,
                                                                                         "plots")}
+
+
+def test_grad_cam_reads_the_last_convolution_the_forward_pass_runs():
+    class Block(nn.Module):  # like a ResNet block: the shortcut is registered last but runs first
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 3, padding=1)
+            self.shortcut = nn.Conv2d(1, 2, 1)
+
+        def forward(self, x):
+            return self.conv(self.shortcut(x)).mean((2, 3))
+
+    block = Block()
+    assert last_conv(block, torch.zeros(1, 1, 4, 4)) is block.conv and last_conv(block) is block.shortcut
+
+
+def test_masked_pixels_are_black_after_the_data_normalisation(compose_config):
+    from hydra.utils import instantiate
+
+    cifar = instantiate(compose_config("data=cifar10").data)  # per-channel mean and std; no files needed here
+    black = black_value(cifar, 3)
+    assert torch.allclose(cifar.unit_pixels(black), torch.zeros(1, 3, 1, 1), atol=1e-6) and (black < 0).all()

@@ -11,10 +11,22 @@ METHODS = ("saliency", "integrated_gradients", "grad_cam")
 FRACTION = 0.1  # the share of pixels the deletion test masks
 
 
-def last_conv(model: nn.Module) -> nn.Conv2d | None:
-    """The layer Grad-CAM reads: the last convolution, whose maps are still spatial and most class-specific."""
+def last_conv(model: nn.Module, x: torch.Tensor | None = None) -> nn.Conv2d | None:
+    """The layer Grad-CAM reads: the last convolution, whose maps are still spatial and most class-specific. With
+    an input `x`, the last one the forward pass runs (a ResNet registers its shortcut convolutions after the
+    blocks' own); without, the last one registered."""
     convs = [module for module in model.modules() if isinstance(module, nn.Conv2d)]
-    return convs[-1] if convs else None
+    if x is None or not convs:
+        return convs[-1] if convs else None
+    ran = []
+    hooks = [conv.register_forward_hook(lambda module, inputs, output: ran.append(module)) for conv in convs]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return ran[-1] if ran else convs[-1]
 
 
 def methods_for(model: nn.Module) -> tuple[str, ...]:
@@ -36,7 +48,7 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: s
         return IntegratedGradients(model).attribute(x, baselines=baseline.expand_as(x), target=target, n_steps=steps,
                                                     internal_batch_size=max(len(x), 256)).detach()
     if method == "grad_cam":
-        conv = last_conv(model)
+        conv = last_conv(model, x)
         if conv is None:
             raise ValueError("Grad-CAM needs a convolutional layer; this model has none")
         cam = LayerGradCam(model, conv).attribute(x, target=target, relu_attributions=True)
