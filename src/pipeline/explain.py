@@ -69,7 +69,7 @@ def log_back(client, run_id: str, results: dict, files: list[Path]) -> None:
     from pipeline import tracking
 
     for key, value in results.items():
-        if isinstance(value, float):
+        if isinstance(value, float) and key != "fraction":
             client.log_metric(run_id, f"explain/{key}", value)
     tracking.log_files(run_id, files, "explanations", client)
 
