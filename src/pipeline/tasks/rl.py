@@ -70,6 +70,7 @@ class ReinforcementTask(Task):
         # Every finished training episode's return and epoch: the return curve (kept in checkpoints, see below).
         self.episode_returns: list[float] = []
         self.episode_epochs: list[int] = []
+        self.val_returns: list[tuple[int, float]] = []  # (training episodes so far, greedy validation return)
         self.register_buffer("env_steps", torch.zeros((), dtype=torch.long))  # in checkpoints: resume goes on
         self.sums: dict[str, list[float]] = {}  # per-step values of this epoch (see add_to_epoch_mean)
 
@@ -156,6 +157,11 @@ class ReinforcementTask(Task):
         self.log("val/return", self.val_return, on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=len(returns))
 
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.val_returns.append((len(self.episode_returns), float(self.val_return.compute())))
+        super().on_validation_epoch_end()
+
     def test_step(self, seeds, batch_idx):
         returns = torch.tensor(greedy_returns(self.model, self.trainer.datamodule.make, seeds))
         threshold = self.trainer.datamodule.reward_threshold
@@ -174,19 +180,22 @@ class ReinforcementTask(Task):
         return {}, [path]
 
     def plots(self, datamodule, viz: DictConfig, folder: Path) -> list[Path]:
-        """The training episodes' returns with each epoch's mean, and one greedy test episode as a GIF."""
+        """The training episodes' returns with each epoch's mean and the greedy validation return, and one greedy
+        test episode as a GIF."""
         from pipeline.viz.episodes import plot_return_curve, render_episode
 
         self.model.eval()
         seed = int(datamodule.test_seeds()[0])
-        return [plot_return_curve(self.episode_returns, self.episode_epochs, folder / "return_curve.png", viz.dpi,
-                                  threshold=datamodule.reward_threshold, title=f"{self.name} on {datamodule.env_id}"),
+        return [plot_return_curve(self.episode_returns, self.episode_epochs, self.val_returns,
+                                  folder / "return_curve.png", viz.dpi, threshold=datamodule.reward_threshold,
+                                  title=f"{self.name} on {datamodule.env_id}"),
                 render_episode(self.model, datamodule.make, seed, folder / "episode.gif")]
 
     # --- the return curve goes into the state_dict, so checkpoints (and the DVC stages) keep it --------------
     def get_extra_state(self) -> dict:
         return {"episode_returns": torch.tensor(self.episode_returns, dtype=torch.float64),
-                "episode_epochs": torch.tensor(self.episode_epochs, dtype=torch.long)}
+                "episode_epochs": torch.tensor(self.episode_epochs, dtype=torch.long),
+                "val_returns": torch.tensor(self.val_returns, dtype=torch.float64).reshape(-1, 2)}
 
     def set_extra_state(self, state: dict) -> None:
         """A checkpoint of an earlier epoch (the best one, which the test loads) never shortens the curve that
@@ -194,3 +203,5 @@ class ReinforcementTask(Task):
         if len(state["episode_returns"]) >= len(self.episode_returns):
             self.episode_returns = state["episode_returns"].tolist()
             self.episode_epochs = state["episode_epochs"].tolist()
+            greedy = state.get("val_returns", torch.zeros(0, 2)).tolist()
+            self.val_returns = [(int(episodes), value) for episodes, value in greedy]

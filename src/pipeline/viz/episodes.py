@@ -12,9 +12,11 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
 
-def plot_return_curve(returns: list[float], epochs: list[int], path: Path, dpi: int = 110,
-                      threshold: float | None = None, title: str = "") -> Path:
-    """Each training episode's return (dots, by episode) and each epoch's mean (line, at its last episode)."""
+def plot_return_curve(returns: list[float], epochs: list[int], greedy: list[tuple[int, float]], path: Path,
+                      dpi: int = 110, threshold: float | None = None, title: str = "") -> Path:
+    """Each training episode's return (dots, by episode), each epoch's mean (line, at its last episode) and the
+    greedy validation return after each epoch (`greedy`: training episodes so far, return): training explores,
+    so its returns lag the greedy policy's."""
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(7, 4))
     episodes = np.arange(1, len(returns) + 1)
@@ -26,6 +28,8 @@ def plot_return_curve(returns: list[float], epochs: list[int], path: Path, dpi: 
         means.append(float(np.mean([returns[i] for i in chosen])))
     if means:
         axis.plot(ends, means, marker="o", markersize=3, color="C1", label="epoch mean")
+    if greedy:
+        axis.plot(*zip(*greedy), marker="s", markersize=3, color="C3", label="greedy (validation)")
     if threshold is not None:
         axis.axhline(threshold, color="C2", linestyle="--", linewidth=1, label=f"solved ({threshold:g})")
     axis.set(xlabel="training episode", ylabel="return", title=title or "training returns")
