@@ -25,7 +25,7 @@ def options(group: str) -> list[str]:
 DATA, ALL_MODELS, OPTIMIZERS, REGULARIZATIONS, SCHEDULERS = (
     options(group) for group in ("data", "model", "optimizer", "regularization", "scheduler"))
 # The models task=classify trains (they output class scores); every task × model × data is in test_tasks.py.
-OTHER_TASKS_MODELS = {"conv_autoencoder", "linear_autoencoder", "vae", "conv_vae", "word2vec"}
+OTHER_TASKS_MODELS = {"conv_autoencoder", "linear_autoencoder", "vae", "conv_vae", "word2vec", "policy_mlp"}
 MODELS = [model for model in ALL_MODELS if model not in OTHER_TASKS_MODELS]
 TRAINERS, LOGGERS, CALLBACKS = options("trainer"), options("logger"), options("callbacks")
 OFFLINE_DATA = ["digits", "moons", "spirals", "xor"]  # no files needed; image sets are tested in test_images.py
@@ -33,6 +33,7 @@ IMAGE_DATA = {"digits", "mnist", "fashion_mnist", "cifar10"}
 VECTOR_MODELS = {"linear", "mlp"}  # flatten any float input; the image models need (channels, height, width)
 SEQUENCE_DATA, SEQUENCE_MODELS = {"chars"}, {"rnn", "lstm", "gru"}  # token ids; tested on files in test_chars.py
 WORD_DATA = {"text"}  # a stream of words for word2vec (task=embed); no classifier reads it; tested in test_text.py
+ENVIRONMENT_DATA = {"cartpole", "acrobot"}  # gymnasium environments for task=dqn, reinforce; in test_rl.py
 
 
 def compatible(data: str, model: str) -> bool:
@@ -68,7 +69,7 @@ def option_values(group: str, option: str) -> dict:
 @pytest.mark.parametrize("data", DATA)
 def test_data_model_regularization_composes_and_builds(compose_config, data, model, regularization):
     cfg = compose_config(f"data={data}", f"model={model}", f"regularization={regularization}", *sizes(data))
-    if data in WORD_DATA:  # refused at the config: the model reads sizes the word stream does not declare
+    if data in WORD_DATA | ENVIRONMENT_DATA:  # refused at the config: the model reads sizes they do not declare
         with pytest.raises(ConfigError, match=f"but data={data} declares no data\\."):
             check_config(cfg)
         return
