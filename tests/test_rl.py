@@ -111,6 +111,24 @@ def test_dqn_polyak_update_moves_the_target_by_tau(compose_config):
     assert torch.allclose(task.target.weight, torch.full((2, 4), 0.25))
 
 
+@pytest.mark.parametrize("double_q", [False, True])
+def test_dqn_td_target_bootstraps_from_the_target_network_unless_terminal(compose_config, double_q):
+    """Q(s, a) is pulled towards r + γ Q_target(s', a*): a* the target's best action, or with double_q the
+    model's; a terminal transition keeps r alone."""
+    cfg = compose_config(*TINY, *DQN, "task.gamma=0.5", f"task.double_q={str(double_q).lower()}")
+    task = instantiate(cfg.task, model=torch.nn.Linear(2, 2, bias=False), optimizer=None)
+    with torch.no_grad():
+        task.model.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))  # Q(s) = (s0, 2 s1)
+        task.target.weight.copy_(torch.tensor([[10.0, 0.0], [0.0, 1.0]]))  # Q_target(s) = (10 s0, s1)
+    observations, following = torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[1.0, 1.0], [1.0, 1.0]])
+    # next state (1, 1): the model prefers action 1 (2 > 1), the target action 0 (10 > 1)
+    bootstrap = 1.0 if double_q else 10.0
+    loss = task.td_loss(observations, torch.tensor([0, 0]), torch.tensor([1.0, 1.0]), following,
+                        torch.tensor([0.0, 1.0]))
+    wanted = torch.tensor([1.0 + 0.5 * bootstrap, 1.0])
+    assert float(loss) == pytest.approx(float(torch.nn.functional.smooth_l1_loss(torch.ones(2), wanted)))
+
+
 def test_epsilon_falls_linearly_then_stays(compose_config):
     cfg = compose_config(*TINY, *DQN, "task.epsilon_start=1.0", "task.epsilon_end=0.1",
                          "task.epsilon_decay_steps=400")
