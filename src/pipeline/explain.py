@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="test images (a seeded sample) for the deletion test (default 2000)")
     parser.add_argument("--steps", type=int, default=50, help="integrated gradients' steps (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample, random mask and re-init")
-    parser.add_argument("--out", help="folder for the figure and JSON (default explanations/<run id>)")
+    parser.add_argument("--out", help="folder for the figure and JSON (default outputs/explanations/<run id>)")
     parser.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     args = parser.parse_args(argv)
     try:
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(cfg.threads)
         datamodule = build_data(cfg)
         model = rebuilt_model(cfg, datamodule, logged)
-        folder = Path(args.out or Path("explanations") / args.run)
+        folder = Path(args.out or Path("outputs") / "explanations" / args.run)  # outputs/: git ignores it
         folder.mkdir(parents=True, exist_ok=True)
         results, files = explanation_files(model, datamodule, folder, shown, args.sample, args.steps, args.seed,
                                            cfg.viz.dpi if "viz" in cfg else 110)
