@@ -28,7 +28,8 @@ def greedy_returns(policy: nn.Module, make_env, seeds) -> list[float]:
     returns = [0.0] * len(envs)
     playing = list(range(len(envs)))
     while playing:
-        scores = policy(torch.as_tensor(np.stack([observations[i] for i in playing]), device=device))
+        scores = policy(torch.as_tensor(np.stack([observations[i] for i in playing]), dtype=torch.float32,
+                                        device=device))
         still = []
         for i, action in zip(playing, scores.argmax(1).tolist()):
             observations[i], reward, terminated, truncated, _ = envs[i].step(action)
