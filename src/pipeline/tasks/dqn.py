@@ -51,9 +51,9 @@ class DeepQLearning(ReinforcementTask):
     name = "dqn"
 
     def __init__(self, model: nn.Module, optimizer, scheduler=None, gamma: float = 0.99, buffer_size: int = 100_000,
-                 batch_size: int = 64, warmup_steps: int = 1000, train_every: int = 1,
-                 target_update_every: int = 10, tau: float = 1.0, epsilon_start: float = 1.0,
-                 epsilon_end: float = 0.04, epsilon_decay_steps: int = 16_000, double_q: bool = False,
+                 batch_size: int = 64, warmup_steps: int = 1000, train_every: int = 2,
+                 target_update_every: int = 256, tau: float = 1.0, epsilon_start: float = 1.0,
+                 epsilon_end: float = 0.04, epsilon_decay_steps: int = 16_000, double_q: bool = True,
                  monitor: str = "val/return", mode: str = "max", log_every_step: bool = False):
         super().__init__(model, optimizer, scheduler, monitor, mode, log_every_step)
         self.gamma, self.batch_size, self.warmup_steps = gamma, batch_size, warmup_steps
