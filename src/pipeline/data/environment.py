@@ -63,7 +63,7 @@ class EnvironmentDataModule(pl.LightningDataModule):
     @property
     def reward_threshold(self) -> float | None:
         """The mean return at which gymnasium calls the environment solved (CartPole-v1: 475)."""
-        return self.make().spec.reward_threshold
+        return gym.spec(self.env_id).reward_threshold
 
     # --- what train.py and the DVC stages ask of a datamodule -----------------------------------------------
     def example_inputs(self, count: int = 2) -> torch.Tensor:
@@ -84,7 +84,9 @@ class EnvironmentDataModule(pl.LightningDataModule):
 
     def prepared(self) -> dict:
         """No data to save: the environment's spec, which restore() checks the installed gymnasium still has."""
-        return {"env_id": self.env_id, "spec": self.make().spec.to_json(), "gymnasium": gym.__version__}
+        env = self.make()
+        env.close()
+        return {"env_id": self.env_id, "spec": env.spec.to_json(), "gymnasium": gym.__version__}
 
     def restore(self, prepared: dict) -> None:
         if prepared.get("env_id") != self.env_id:
