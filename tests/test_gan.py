@@ -68,6 +68,7 @@ def test_a_gan_run_logs_scores_grids_a_gif_and_a_generator(compose_config, track
                for key in ("val/frechet", "train/loss_d", "train/loss_g")}
     assert all(len(values) == 2 for values in history.values())
     assert logged["val/frechet_best"] == pytest.approx(min(history["val/frechet"]))
+    assert logged["val/score_best"] >= logged["val/score"]
 
     files = artifacts(client, tracked.info.run_id)
     assert {"plots/samples/epoch_001.png", "plots/samples/epoch_002.png", "plots/samples.png", "plots/samples.gif",
@@ -183,6 +184,8 @@ def test_a_judge_named_by_its_run_id_is_the_judge(compose_config, tracking_uri, 
     (["model=dcgan", "task=gan", "scheduler=step"], "task=gan steps its two optimizers itself"),
     (["model=dcgan", "task=gan", "trainer.gradient_clip_val=1.0"], "trainer.gradient_clip_val=1.0: task=gan"),
     (["model=dcgan", "task=gan", "task.monitor=val/loss"], "task.monitor=val/loss with task.mode=min: task=gan"),
+    (["model=dcgan", "task=gan", "task.monitor=val/score"], "keeps the best epoch by val/frechet with mode min or "
+                                                             "val/score with mode max"),
 ])
 def test_what_a_gan_cannot_train_is_refused_in_one_line(compose_config, overrides, message):
     from hydra.errors import InstantiationException

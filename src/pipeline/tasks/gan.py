@@ -33,7 +33,8 @@ class GAN(ImageTask):
     """
 
     name = "gan"
-    best_of = {"val/frechet": "min"}
+    # val/frechet by default (conf/task/gan.yaml); val/score (max) is the other choice.
+    best_of = {"val/frechet": "min", "val/score": "max"}
 
     def __init__(self, model: nn.Module, optimizer, scheduler=None, judge: str | None = None,
                  judge_recipe: dict | None = None, cache_dir: str = "data/cache", seed: int = 0, samples: int = 64,
@@ -51,7 +52,7 @@ class GAN(ImageTask):
         self.register_buffer("fixed_noise", self.noise(samples, seed))
         self.frames: list[torch.Tensor] = []  # one grid per epoch (uint8), kept in checkpoints (get_extra_state)
         self.terms = nn.ModuleDict({term: MeanMetric() for term in ("loss_d", "loss_g", "d_real", "d_fake")})
-        self.val_frechet = MeanMetric()
+        self.val_frechet, self.val_score = MeanMetric(), MeanMetric()
         self.judge = None  # pipeline.judge.Judge, found or trained in setup(); not a submodule: never saved
         self.judged: dict[str, list[torch.Tensor]] = {}
 
@@ -147,7 +148,7 @@ class GAN(ImageTask):
         self.judge_batch(batch, "val", self.val_samples)
 
     def val_metric(self, key: str):
-        return self.val_frechet
+        return {"val/frechet": self.val_frechet, "val/score": self.val_score}[key]
 
     def on_validation_epoch_end(self):
         judged = self.collected()
@@ -155,7 +156,8 @@ class GAN(ImageTask):
             return
         self.val_frechet(frechet_distance(judged["fake_f"], judged["real_f"]))
         self.log("val/frechet", self.val_frechet, prog_bar=True)
-        self.log("val/score", inception_score(judged["fake_p"]))
+        self.val_score(inception_score(judged["fake_p"]))
+        self.log("val/score", self.val_score)
         self.log("val/class_entropy", class_entropy(judged["fake_p"]))
         self.add_frame()
         super().on_validation_epoch_end()
