@@ -132,6 +132,20 @@ def test_the_discriminator_step_changes_only_the_discriminator_and_the_generator
     assert not changed(before_g["discriminator"], after["discriminator"])
 
 
+def test_a_gan_that_diverges_is_stopped_under_manual_optimisation(compose_config, tmp_path):
+    from pipeline.divergence import StopOnDivergence, TrainingDiverged
+
+    cfg = compose_config(*tiny_gan(tmp_path), "data=digits", "logger=none", *QUIET)
+    datamodule = build_data(cfg)
+    task = build_task(cfg, datamodule)
+    with torch.no_grad():
+        task.model.discriminator.logit.bias.fill_(float("nan"))  # every logit NaN: the D loss is NaN at once
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, callbacks=[StopOnDivergence()])
+    with pytest.raises(TrainingDiverged, match="training diverged at epoch 0, step 0: the loss is nan"):
+        trainer.fit(task, datamodule=datamodule)
+
+
 def test_the_scores_on_cases_with_a_known_answer():
     classes = 10
     confident = torch.eye(classes).repeat(30, 1)  # every image certain of its class, every class 30 times
