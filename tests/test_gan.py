@@ -3,11 +3,6 @@ format files generated here, a real `dvc exp run`; the judge's measures on cases
 import json
 import logging
 import math
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -15,11 +10,11 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from conftest import ROOT, all_runs
+from conftest import all_runs
 from pipeline.errors import ConfigError
-from pipeline.stages.params import MACHINE_VARIABLES
 from pipeline.tasks.gan_scores import class_entropy, frechet_distance, inception_score
 from pipeline.train import build_data, build_task, run
+from test_dvc import make_repo, read_metrics, set_flags, sh
 from test_images import write_mnist
 
 QUIET = ["~callbacks.progress_bar", "threads=1"]
@@ -213,37 +208,13 @@ def test_what_a_gan_cannot_train_is_refused_in_one_line(compose_config, override
 
 
 # --- the DVC pipeline: `dvc exp run -S task=gan ...` (the pattern of test_dvc.py) ------------------------------
-PROJECT_FILES = ["conf", "src", "dvc.yaml", ".dvcignore", ".dvc/config", ".gitignore"]
-
-
-def sh(folder: Path, *command: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key not in MACHINE_VARIABLES}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["DVC_NO_ANALYTICS"] = "1"
-    result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
 def test_dvc_exp_run_of_a_gan_writes_its_scores_and_plots(tmp_path):
-    repo = tmp_path / "project"
-    repo.mkdir()
-    for name in PROJECT_FILES:
-        source, target = ROOT / name, repo / name
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(source, target)
-    sh(repo, sys.executable, "-m", "pipeline.stages.params")
-    sh(repo, "git", "init", "-q")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q", "-m", "pipeline")
+    repo = make_repo(tmp_path / "project")
     overrides = [override for override in tiny_gan(tmp_path) if not override.startswith("task.cache_dir")]
     overrides += ["data=digits", "trainer.max_epochs=2", "threads=1"]
-    sh(repo, "dvc", "exp", "run", *[part for override in overrides for part in ("-S", override)])
+    sh(repo, "dvc", "exp", "run", *set_flags(overrides))
 
-    metrics = json.loads((repo / "results/evaluate/metrics.json").read_text())
+    metrics = read_metrics(repo)
     assert TEST_METRICS <= set(metrics) and all(math.isfinite(metrics[key]) for key in TEST_METRICS)
     assert metrics["samples"] == 50
     plots = {path.name for path in (repo / "results/visualize").iterdir()}
