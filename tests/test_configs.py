@@ -25,7 +25,7 @@ def options(group: str) -> list[str]:
 DATA, ALL_MODELS, OPTIMIZERS, REGULARIZATIONS, SCHEDULERS = (
     options(group) for group in ("data", "model", "optimizer", "regularization", "scheduler"))
 # The models task=classify trains (they output class scores); every task × model × data is in test_tasks.py.
-OTHER_TASKS_MODELS = {"conv_autoencoder", "linear_autoencoder", "vae", "conv_vae", "word2vec", "policy_mlp"}
+OTHER_TASKS_MODELS = {"conv_autoencoder", "linear_autoencoder", "vae", "conv_vae", "word2vec", "policy_mlp", "dcgan"}
 MODELS = [model for model in ALL_MODELS if model not in OTHER_TASKS_MODELS]
 TRAINERS, LOGGERS, CALLBACKS = options("trainer"), options("logger"), options("callbacks")
 OFFLINE_DATA = ["digits", "moons", "spirals", "xor"]  # no files needed; image sets are tested in test_images.py
