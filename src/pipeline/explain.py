@@ -77,7 +77,7 @@ def log_back(client, run_id: str, results: dict, files: list[Path]) -> None:
 def main(argv: list[str] | None = None) -> int:
     from pipeline.predict import tracking_uri
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.explain", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.explain", description=" ".join(__doc__.split()))
     parser.add_argument("--run", required=True, help="MLflow run id of an image classifier")
     parser.add_argument("--images", default="0,1,2,3", help="test image indices to draw (default 0,1,2,3)")
     parser.add_argument("--sample", type=int, default=2000,
