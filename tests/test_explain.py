@@ -12,8 +12,8 @@ from torch import nn
 
 from conftest import all_runs
 from pipeline.explain import main
-from pipeline.explanations import (attribute, black_value, deletion_test, last_conv, pixel_importance, reinitialised,
-                                   sanity_check, top_pixels)
+from pipeline.explanations import (attribute, attribution_maps, black_value, deletion_test, last_conv,
+                                   pixel_importance, reinitialised, sanity_check, top_pixels)
 from pipeline.train import run
 from test_dvc import make_repo, sh
 
@@ -90,10 +90,9 @@ def test_deletion_test_masks_the_pixels_the_model_uses_not_random_ones(patch_cnn
 def test_attributions_of_a_reinitialised_model_correlate_less_than_the_model_with_itself(patch_cnn):
     model, x, y, _ = patch_cnn
     black = torch.zeros(1, 1, 1, 1)
-    maps = {method: attribute(model, x[:40], y[:40], method, black, steps=16)
-            for method in ("saliency", "integrated_gradients", "grad_cam")}
-    itself = sanity_check(model, model, x[:40], y[:40], maps, black, steps=16)
-    fresh = sanity_check(model, reinitialised(model), x[:40], y[:40], maps, black, steps=16)
+    maps = attribution_maps(model, x[:40], y[:40], ("saliency", "integrated_gradients", "grad_cam"), black, steps=16)
+    itself = sanity_check(maps, attribution_maps(model, x[:40], y[:40], maps, black, steps=16))
+    fresh = sanity_check(maps, attribution_maps(reinitialised(model), x[:40], y[:40], maps, black, steps=16))
     for method in maps:
         assert itself[method] == pytest.approx(1.0, abs=1e-4)
         assert fresh[method] < 0.9 * itself[method], (method, fresh)

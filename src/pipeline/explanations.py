@@ -84,17 +84,13 @@ def random_pixels(shape: tuple[int, ...], fraction: float = FRACTION, seed: int 
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
-    model.eval()
-    correct = sum(int((model(x[i:i + batch_size]).argmax(-1) == y[i:i + batch_size]).sum())
-                  for i in range(0, len(x), batch_size))
-    return correct / len(x)
-
-
-@torch.no_grad()
 def predicted(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     model.eval()
     return torch.cat([model(x[i:i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)])
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return int((predicted(model, x) == y).sum()) / len(x)
 
 
 def masked(x: torch.Tensor, mask: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -142,18 +138,18 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (ranks_a * ranks_b).sum(1) / (ranks_a.norm(dim=1) * ranks_b.norm(dim=1)).clamp_min(1e-12)
 
 
-def rank_agreement(maps: dict[str, torch.Tensor], other_maps: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Per method, the mean over images of the Spearman correlation of two models' absolute attributions."""
+def attribution_maps(model: nn.Module, x: torch.Tensor, target: torch.Tensor, methods, baseline: torch.Tensor,
+                     steps: int = 50) -> dict[str, torch.Tensor]:
+    """Each method's attributions of `model` on `x` for the `target` classes."""
+    return {method: attribute(model, x, target, method, baseline, steps) for method in methods}
+
+
+def sanity_check(maps: dict[str, torch.Tensor], other_maps: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per method, how one model's attributions (`maps`) agree with another's (a re-initialised copy's, for the
+    same images and targets): the mean over images of the Spearman correlation of the absolute maps. Near 0 means
+    the maps depend on what was learned, near 1 that they show the input or the architecture whatever the weights."""
     return {method: float(rank_correlation(pixel_importance(maps[method]), pixel_importance(other_maps[method]))
                           .mean()) for method in maps}
-
-
-def sanity_check(model: nn.Module, other: nn.Module, x: torch.Tensor, target: torch.Tensor,
-                 maps: dict[str, torch.Tensor], baseline: torch.Tensor, steps: int = 50) -> dict[str, float]:
-    """Per method, how `model`'s attributions (`maps`, on `x`) agree with `other`'s (a re-initialised copy) for the
-    same targets (rank_agreement): near 0 means the maps depend on what was learned, near 1 that they show the input
-    or the architecture whatever the weights."""
-    return rank_agreement(maps, {method: attribute(other, x, target, method, baseline, steps) for method in maps})
 
 
 def explain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, value: torch.Tensor, steps: int = 50,
@@ -163,13 +159,13 @@ def explain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, value: torch.Ten
     as large with them measures the input, not the model. `value`: a black pixel, the masked value and IG's
     baseline."""
     target = predicted(model, x)
-    maps = {method: attribute(model, x, target, method, value, steps) for method in methods_for(model)}
+    maps = attribution_maps(model, x, target, methods_for(model), value, steps)
     results = {"images": len(x), "fraction": FRACTION, "mask": "black (a pixel of 0 before normalisation)",
                "target": "predicted class", "steps": steps, **deletion_test(model, x, y, maps, value, seed=seed)}
     fresh = reinitialised(model, seed)
-    fresh_maps = {method: attribute(fresh, x, target, method, value, steps) for method in maps}
+    fresh_maps = attribution_maps(fresh, x, target, maps, value, steps)
     results.update({f"sanity_spearman_{method}": correlation
-                    for method, correlation in rank_agreement(maps, fresh_maps).items()})
+                    for method, correlation in sanity_check(maps, fresh_maps).items()})
     with_fresh_maps = deletion_test(model, x, y, fresh_maps, value, seed=seed)
     results.update({f"deletion_drop_{method}_reinitialised": with_fresh_maps[f"deletion_drop_{method}"]
                     for method in maps})
