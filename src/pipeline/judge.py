@@ -76,14 +76,16 @@ def judge_from_run(run_id: str, data_name: str, input_shape, num_classes: int) -
     """The classifier a classify run logged, with the normalisation its data used (from its config), refused in
     one line if it is not a classifier of this data."""
     import mlflow
-    import yaml
     from mlflow.exceptions import MlflowException
+
+    from pipeline.resume import recorded_config
 
     where = f"task.judge={run_id}"
     try:
-        mlflow.MlflowClient().get_run(run_id)
+        client = mlflow.MlflowClient()
+        client.get_run(run_id)
         description = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/data/description.json"))
-        config = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/config/config.yaml"))
+        config = recorded_config(client, run_id)
     except (MlflowException, OSError) as error:
         raise ConfigError(f"{where}: no classify run with a logged model and config in MLflow store "
                           f"{mlflow.get_tracking_uri()} ({first_line(error)[:150]})") from None

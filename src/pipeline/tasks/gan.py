@@ -122,7 +122,7 @@ class GAN(ImageTask):
                                                     self.judge_recipe, self.seed, self.cache_dir)
         return self.judge
 
-    def judge_batch(self, batch, stage: str, limit: int) -> None:
+    def judge_batch(self, batch, limit: int) -> None:
         """The judge's probabilities and features of this batch's real images and of as many samples (from the
         stage's seeded noise), until `limit` of each."""
         seen = sum(len(labels) for labels in self.judged.get("labels", []))
@@ -145,7 +145,7 @@ class GAN(ImageTask):
         self.judged, self.stage_noise = {}, self.noise(self.val_samples, self.seed + 1)
 
     def validation_step(self, batch, batch_idx):
-        self.judge_batch(batch, "val", self.val_samples)
+        self.judge_batch(batch, self.val_samples)
 
     def val_metric(self, key: str):
         return {"val/frechet": self.val_frechet, "val/score": self.val_score}[key]
@@ -166,7 +166,7 @@ class GAN(ImageTask):
         self.judged, self.stage_noise = {}, self.noise(self.test_samples, self.seed + 2)
 
     def test_step(self, batch, batch_idx):
-        self.judge_batch(batch, "test", self.test_samples)
+        self.judge_batch(batch, self.test_samples)
 
     def on_test_epoch_end(self):
         judged = self.collected()
