@@ -24,6 +24,9 @@ def options(group: str) -> list[str]:
 
 DATA, ALL_MODELS, OPTIMIZERS, REGULARIZATIONS, SCHEDULERS = (
     options(group) for group in ("data", "model", "optimizer", "regularization", "scheduler"))
+# The labs' own optimizers (scratch_sgd, ...) mirror these options key for key: test_scratch_optimizers.py builds them
+# with every scheduler and follows torch's trajectories; test_scratch.py trains with one through run.py.
+OPTIMIZERS = [optimizer for optimizer in OPTIMIZERS if not optimizer.startswith("scratch_")]
 # The models task=classify trains (they output class scores); every task × model × data is in test_tasks.py.
 OTHER_TASKS_MODELS = {"conv_autoencoder", "linear_autoencoder", "vae", "conv_vae", "word2vec", "policy_mlp", "dcgan"}
 MODELS = [model for model in ALL_MODELS if model not in OTHER_TASKS_MODELS]
@@ -58,6 +61,8 @@ def test_groups_have_the_options_the_curriculum_needs():
     assert {"none", "step", "cosine"} <= set(SCHEDULERS)
     assert {"default", "debug"} <= set(TRAINERS)
     assert {"mlflow", "csv", "none"} <= set(LOGGERS)
+    assert set(options("modules")) == {"torch", "scratch"}
+    assert {"scratch_sgd", "scratch_momentum", "scratch_rmsprop", "scratch_adam"} <= set(options("optimizer"))
 
 
 def option_values(group: str, option: str) -> dict:

@@ -177,9 +177,9 @@ def check_job(cfg: DictConfig) -> None:
     check_config(cfg)
     sizes = [OmegaConf.select(cfg, key, default=_ABSENT) for key in ("data.num_classes", "data.vocab_size")]
     if "model" in cfg and None not in sizes:
-        from pipeline.models.building import build_network
+        from pipeline.models.building import build_network, module_layers
 
-        check_model_fits_data(build_network(cfg.model), cfg)
+        check_model_fits_data(build_network(cfg.model, module_layers(cfg)), cfg)
     if "model" in cfg and cfg.model.get("init_from"):
         from pipeline import transfer
 

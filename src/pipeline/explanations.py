@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from pipeline.models.parts import is_convolution
+
 METHODS = ("saliency", "integrated_gradients", "grad_cam")
 FRACTION = 0.1  # the share of pixels the deletion test masks
 
@@ -15,7 +17,7 @@ def last_conv(model: nn.Module, x: torch.Tensor | None = None) -> nn.Conv2d | No
     """The layer Grad-CAM reads: the last convolution, whose maps are still spatial and most class-specific. With
     an input `x`, the last one the forward pass runs (a ResNet registers its shortcut convolutions after the
     blocks' own); without, the last one registered."""
-    convs = [module for module in model.modules() if isinstance(module, nn.Conv2d)]
+    convs = [module for module in model.modules() if is_convolution(module)]
     if x is None or not convs:
         return convs[-1] if convs else None
     ran = []

@@ -17,7 +17,7 @@ from pipeline.checks import check_config, check_model_fits_data
 from pipeline.objective import objective
 from pipeline.divergence import StopOnDivergence
 from pipeline.errors import ConfigError
-from pipeline.models.building import build_network
+from pipeline.models.building import build_network, module_layers
 
 log = logging.getLogger(__name__)
 # Lightning advertises a cloud logger at every start; users of this pipeline have MLflow.
@@ -84,7 +84,7 @@ def build_data(cfg: DictConfig, prepared: dict | None = None):
 
 def build_task(cfg: DictConfig, datamodule) -> pl.LightningModule:
     """The model the config names, checked against the data, wrapped in its training task."""
-    model = build_network(cfg.model)
+    model = build_network(cfg.model, module_layers(cfg))
     check_model_fits_data(model, cfg, example=datamodule.example_inputs())
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     return instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)

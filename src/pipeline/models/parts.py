@@ -62,3 +62,11 @@ def dense_layers(widths, activation, dropout, batchnorm, dropout_at=None, batchn
         if dropout > 0 and (dropout_at is None or dropout_at[index]):
             layers.append(nn.Dropout(dropout))
     return layers
+
+
+def is_convolution(module: nn.Module) -> bool:
+    """A 2-D convolution, torch.nn's or one written for modules=scratch (any class named Conv2d with a 4-D weight):
+    what the filter plots and Grad-CAM look for."""
+    weight = getattr(module, "weight", None)
+    return isinstance(module, nn.Conv2d) or (type(module).__name__ == "Conv2d" and isinstance(weight, torch.Tensor)
+                                             and weight.dim() == 4)

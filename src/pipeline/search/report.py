@@ -277,10 +277,44 @@ def plots(report: Report, folder: Path) -> list[Path]:
     return [path for path in made if path is not None]
 
 
+REGIONS = "evaluation/decision_regions.npz"  # what a classifier on 2-D inputs logs (tasks/classify.py)
+MAX_PANELS = 16
+
+
+def decision_region_panels(client, report: Report, folder: Path) -> list[tuple[str, dict]]:
+    """(child name, its decision regions) of the first MAX_PANELS finished children that logged them (classifiers
+    on the 2-D toy sets); none for any other sweep."""
+    from pipeline.viz.decision_regions import load_regions
+
+    panels = []
+    for t in report.trials:
+        if len(panels) == MAX_PANELS:
+            break
+        if t.state not in DONE or REGIONS not in {a.path for a in client.list_artifacts(t.run_id, "evaluation")}:
+            continue
+        panels.append((t.name, load_regions(client.download_artifacts(t.run_id, REGIONS, str(folder)))))
+    return panels
+
+
+def decision_region_plot(client, report: Report, folder: Path) -> list[Path]:
+    """sweep/decision_regions.png: every child's decision regions side by side, when they logged them."""
+    from pipeline.viz.decision_regions import plot_region_panels
+
+    with tempfile.TemporaryDirectory() as downloads:
+        panels = decision_region_panels(client, report, Path(downloads))
+    if not panels:
+        return []
+    finished = sum(t.state in DONE for t in report.trials)
+    shown = f" (the first {MAX_PANELS} of {finished})" if len(panels) == MAX_PANELS < finished else ""
+    return [plot_region_panels(panels, folder / "decision_regions.png", f"decision regions of the sweep's runs{shown}")]
+
+
 def log_report(client, parent_run_id: str) -> str:
     """Write sweep/summary.md and the plots on the parent run; return the summary."""
     report = collect(client, parent_run_id)
     text = markdown(report)
     client.log_text(parent_run_id, text, "sweep/summary.md")
-    tracking.log_generated_files(parent_run_id, "sweep", lambda folder: plots(report, folder), client)
+    tracking.log_generated_files(
+        parent_run_id, "sweep", lambda folder: plots(report, folder) + decision_region_plot(client, report, folder),
+        client)
     return text

@@ -13,6 +13,17 @@ from pipeline.tasks.base import STAGES, Task
 from pipeline.tasks.losses import LOSSES
 
 
+def loss_function(name: str, implementations=None):
+    """The function computing loss `name`: the one conf/modules/ names for it (modules=scratch: the labs' own), or
+    torch's (tasks/losses.py)."""
+    path = (implementations or {}).get(name)
+    if path is None:
+        return LOSSES[name]
+    from pipeline.imports import import_object
+
+    return import_object(path, f"modules.losses.{name}")
+
+
 class Classifier(Task):
     """Trains `model` with the given optimizer (a partial awaiting parameters) and optional LR scheduler.
 
@@ -29,12 +40,13 @@ class Classifier(Task):
 
     def __init__(self, model: nn.Module, optimizer, num_classes: int, scheduler=None,
                  log_every_step: bool = False, label_smoothing: float = 0.0, channels_last: bool = False,
-                 loss: str = "cross_entropy", monitor: str = "val/acc", mode: str = "max"):
+                 loss: str = "cross_entropy", monitor: str = "val/acc", mode: str = "max", loss_functions=None):
         super().__init__(model, optimizer, scheduler, monitor, mode, log_every_step)
         if loss == "hinge" and label_smoothing:
             raise ConfigError(f"task.label_smoothing={label_smoothing} does not apply to task.loss=hinge (a margin "
                               "loss has no target distribution to smooth): set it to 0 or pick another loss")
         self.loss_name = loss
+        self.loss_function = loss_function(loss, loss_functions)
         # channels_last: convolutions on CPU (oneDNN) and tensor cores run ~25% faster in NHWC layout.
         self.channels_last = channels_last
         if channels_last:
@@ -65,7 +77,7 @@ class Classifier(Task):
 
     def loss(self, logits, y):
         """The configured loss (task.loss) with the class weights and label smoothing."""
-        return LOSSES[self.loss_name](logits, y, weight=self.class_weight, label_smoothing=self.label_smoothing)
+        return self.loss_function(logits, y, weight=self.class_weight, label_smoothing=self.label_smoothing)
 
     def setup(self, stage: str) -> None:
         weights = getattr(self.trainer.datamodule, "class_weights", None)
@@ -96,7 +108,8 @@ class Classifier(Task):
     def plots(self, datamodule, viz: DictConfig, folder: Path) -> list[Path]:
         """Confusion matrix, misclassified images; for CNNs the first layer's filters and feature maps of the test
         example `viz.example`; for image inputs explanations (saliency, integrated gradients, Grad-CAM) of four
-        test images from there, with the deletion test and sanity check on 300 test images (explanations.json)."""
+        test images from there, with the deletion test and sanity check on 300 test images (explanations.json);
+        for points in the plane (the toy sets) the decision regions (decision_regions.png)."""
         from pipeline.viz.classification import classification_plots, predict
         from pipeline.viz.explanations import explanation_files
         from pipeline.viz.network import network_plots
@@ -108,18 +121,38 @@ class Classifier(Task):
         if images.dim() == 4 and images.is_floating_point():
             shown = range(index, index + 4)
             paths += explanation_files(self.model, datamodule, folder, shown, sample=300, dpi=viz.dpi)[1]
+        regions = self.decision_regions(images, labels, datamodule.class_names)
+        if regions is not None:
+            from pipeline.viz.decision_regions import plot_decision_regions
+
+            paths.append(plot_decision_regions(regions, folder / "decision_regions.png", viz.dpi))
         return paths
+
+    def decision_regions(self, inputs: torch.Tensor, labels: torch.Tensor, class_names) -> dict | None:
+        """For points in the plane (inputs of shape [2], as the model sees them): the predicted class over a grid
+        around the test inputs (viz/decision_regions.py); None for any other input."""
+        if inputs.dim() != 2 or inputs.shape[1] != 2 or not inputs.is_floating_point():
+            return None
+        from pipeline.viz.decision_regions import decision_regions
+
+        return decision_regions(self.model, inputs, labels, list(class_names))
 
     def evaluation(self, datamodule, folder: Path) -> tuple[dict, list[Path]]:
         """Per-class precision, recall and F1, and every test example's actual and predicted class
-        (predictions.csv: the data of DVC's confusion-matrix plot)."""
+        (predictions.csv: the data of DVC's confusion-matrix plot); for points in the plane the decision regions'
+        grid (decision_regions.npz: what a sweep's parent draws its runs side by side from)."""
         from pipeline.tasks.classify_report import per_class, write_predictions
         from pipeline.viz.classification import predict
 
-        _, labels, predictions = predict(self.model, datamodule.test_dataloader())
+        inputs, labels, predictions = predict(self.model, datamodule.test_dataloader())
         names = datamodule.class_names
-        return ({"per_class": per_class(labels, predictions, names)},
-                [write_predictions(folder / "predictions.csv", labels, predictions, names)])
+        files = [write_predictions(folder / "predictions.csv", labels, predictions, names)]
+        regions = self.decision_regions(inputs, labels, names)
+        if regions is not None:
+            from pipeline.viz.decision_regions import save_regions
+
+            files.append(save_regions(regions, folder / "decision_regions.npz"))
+        return {"per_class": per_class(labels, predictions, names)}, files
 
     def exported(self, datamodule) -> tuple[nn.Module, torch.Tensor, dict]:
         """The model itself: inputs as the data serves them, one score per class."""

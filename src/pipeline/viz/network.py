@@ -6,11 +6,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.models.parts import is_convolution
 from pipeline.viz import pyplot, save
 
 
 def first_conv(model: nn.Module) -> nn.Conv2d | None:
-    return next((module for module in model.modules() if isinstance(module, nn.Conv2d)), None)
+    return next((module for module in model.modules() if is_convolution(module)), None)
 
 
 def _scaled(image: torch.Tensor) -> torch.Tensor:

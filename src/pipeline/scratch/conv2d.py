@@ -1,0 +1,118 @@
+"""2-D convolution as im2col + one matrix multiply (lab 3).
+
+Forward:  X = im2col(x)                     (N·Ho·Wo, k·k·C_in): one row per output pixel, its window unrolled
+          Y = X Wᵀ + b                      W: (C_out, k·k·C_in), the kernel unrolled in the same (i, j, c) order
+          y = Y seen as (N, Ho, Wo, C_out)  returned as an (N, C_out, Ho, Wo) channels_last tensor, not copied
+Backward: ∂L/∂W = (∂L/∂Y)ᵀ X                 (the saved columns: no second im2col)
+          ∂L/∂b = Σ_rows ∂L/∂Y
+          ∂L/∂x = col2im((∂L/∂Y) W)         each window's gradient added back onto the pixels it was read from
+"""
+import math
+
+import torch
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+from pipeline.errors import ConfigError
+from pipeline.scratch.im2col import col2im, im2col
+
+FEW_CHANNELS = 16
+SUPPORTED = {"groups": 1, "dilation": 1, "padding_mode": "zeros"}
+
+
+def refuse_unsupported(module: nn.Module, scratch: type, supported: dict) -> None:
+    """ConfigError naming the first hyperparameter of `module` the scratch class does not implement; an int and
+    the pair of it are the same setting (torch keeps dilation=1 as (1, 1))."""
+    for name, allowed in supported.items():
+        value = getattr(module, name)
+        same = _pair(value) == _pair(allowed) if isinstance(allowed, int) and not isinstance(allowed, bool) \
+            else value == allowed
+        if not same:
+            raise ConfigError(f"modules=scratch: {type(module).__name__}({name}={value!r}) is not implemented by "
+                              f"{scratch.__module__}.{scratch.__name__}; supported: {name}={allowed!r}")
+    if isinstance(getattr(module, "padding", 0), str):
+        raise ConfigError(f"modules=scratch: {type(module).__name__}(padding={module.padding!r}) is not "
+                          f"implemented by {scratch.__module__}.{scratch.__name__}; supported: padding as an int "
+                          "or a pair of ints")
+
+
+def unrolled(weight: torch.Tensor) -> torch.Tensor:
+    """(C_out, C_in, kh, kw) kernel → (C_out, kh·kw·C_in), columns in im2col's (i, j, c) order."""
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+
+
+def as_image(rows: torch.Tensor, n: int, height: int, width: int) -> torch.Tensor:
+    """(N·H·W, C) rows → (N, C, H, W) with channels_last strides: the same memory, seen as an image."""
+    return rows.view(n, height, width, rows.shape[1]).permute(0, 3, 1, 2)
+
+
+def as_rows(image: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) → (N·H·W, C); free for a channels_last image, one copy otherwise."""
+    return image.permute(0, 2, 3, 1).reshape(-1, image.shape[1])
+
+
+class Conv2dFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding):
+        n, _, height, width = x.shape
+        kernel = tuple(weight.shape[2:])
+        cols = im2col(x, kernel, stride, padding, positions_innermost=x.shape[1] < FEW_CHANNELS)
+        kernel_rows = unrolled(weight)
+        out = cols @ kernel_rows.t() if bias is None else torch.addmm(bias, cols, kernel_rows.t())
+        out_h = (height + 2 * padding[0] - kernel[0]) // stride[0] + 1
+        out_w = (width + 2 * padding[1] - kernel[1]) // stride[1] + 1
+        ctx.save_for_backward(cols if ctx.needs_input_grad[1] else None,
+                              kernel_rows if ctx.needs_input_grad[0] else None)
+        ctx.geometry = (tuple(x.shape), kernel, stride, padding)
+        ctx.has_bias = bias is not None
+        return as_image(out, n, out_h, out_w)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        cols, kernel_rows = ctx.saved_tensors
+        image_shape, kernel, stride, padding = ctx.geometry
+        grad_rows = as_rows(grad_y)
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_cols = (kernel_rows.t() @ grad_rows.t()).t() if image_shape[1] < FEW_CHANNELS else grad_rows @ kernel_rows
+            grad_x = col2im(grad_cols, image_shape, kernel, stride, padding)
+        if ctx.needs_input_grad[1]:
+            out_channels, in_channels = grad_rows.shape[1], image_shape[1]
+            if cols.stride(0) == 1:  # transposed columns: MKL is fastest with (Xᵀ)ᵀ... as Xᵀ · ∂L/∂Y
+                grad_weight = (cols.t() @ grad_rows).t()
+            else:
+                grad_weight = grad_rows.t() @ cols
+            grad_weight = grad_weight.view(out_channels, *kernel, in_channels).permute(0, 3, 1, 2)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_rows.sum(dim=0)
+        return grad_x, grad_weight, grad_bias, None, None
+
+
+class Conv2d(nn.Module):
+    """torch.nn.Conv2d with groups=1, dilation=1 and zero padding, initialised as torch does (Kaiming-uniform
+    with a=√5: W and b uniform in ±1/√fan_in). The output is channels_last in memory, like the GEMM produced it."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        if isinstance(padding, str):
+            raise ValueError(f"Conv2d(padding={padding!r}) is not implemented by {__name__}.Conv2d: "
+                             "give padding as an int or a pair of ints")
+        self.kernel_size, self.stride, self.padding = _pair(kernel_size), _pair(stride), _pair(padding)
+        fan_in = in_channels * math.prod(self.kernel_size)
+        bound = 1 / math.sqrt(fan_in)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(out_channels).uniform_(-bound, bound)) if bias else None
+
+    @classmethod
+    def like(cls, module: nn.Conv2d) -> "Conv2d":
+        refuse_unsupported(module, cls, SUPPORTED)
+        return cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                   module.bias is not None)
+
+    def forward(self, x):
+        return Conv2dFunction.apply(x, self.weight, self.bias, self.stride, self.padding)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, bias={self.bias is not None}")

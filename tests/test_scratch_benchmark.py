@@ -1,0 +1,29 @@
+"""benchmarks/scratch.py runs, in its quick mode, as its docstring's command would, so it cannot rot unseen."""
+import importlib.util
+import math
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+SCRIPT = ROOT / "benchmarks" / "scratch.py"
+ROW = re.compile(r"^(.+?)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+\.\d+)$", re.MULTILINE)
+SKIPPED = re.compile(r"^skipped (.+): its scratch module is not written yet$", re.MULTILINE)
+
+
+def test_quick_benchmark_prints_a_ratio_per_case():
+    spec = importlib.util.spec_from_file_location("scratch_benchmark", SCRIPT)  # its case list: the rows to expect
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--threads", "1"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {match[1]: [float(n) for n in match.groups()[1:]] for match in ROW.finditer(result.stdout)}
+    skipped = set(SKIPPED.findall(result.stdout))
+    assert set(rows) | skipped == {case.name for case in benchmark.CASES}, result.stdout
+    assert not set(rows) & skipped
+    assert any(name.startswith("lenet_conv2") for name in rows)  # this issue's own modules are all written
+    for name, (torch_ms, scratch_ms, ratio) in rows.items():
+        assert all(math.isfinite(n) and n > 0 for n in (torch_ms, scratch_ms, ratio)), name
+        assert math.isclose(ratio, scratch_ms / torch_ms, rel_tol=0.02, abs_tol=0.01), name
