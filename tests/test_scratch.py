@@ -147,6 +147,20 @@ def test_a_wrong_backward_fails_the_check_and_the_command_says_where(tmp_path, m
     assert ours.returncode == 0 and ours.stdout.count(" ok") == 2 and "FAIL" not in ours.stdout
 
 
+def test_the_command_checks_the_optimizers_against_torch_optim(tmp_path):
+    import subprocess
+
+    command = [sys.executable, "-m", "pipeline.gradcheck"]
+    ours = subprocess.run([*command, "sgd", "adam"], capture_output=True, text=True, cwd=tmp_path)
+    assert ours.returncode == 0 and ours.stdout.count(" ok") == 4, ours.stdout
+    # AdamW decays the weights apart from the gradient: the same as Adam without weight decay, not with it.
+    adamw = subprocess.run([*command, "adam", "optimizer._target_=torch.optim.AdamW"], capture_output=True, text=True,
+                           cwd=tmp_path)
+    assert adamw.returncode == 1
+    rows = [line for line in adamw.stdout.splitlines() if line.startswith("scratch_adam")]
+    assert rows[0].endswith("ok") and "FAIL" in rows[1] and "weight decay 0.01" in rows[1]
+
+
 @pytest.mark.parametrize("override,message", [
     ("+modules.layers.Linen=pipeline.scratch.linear.Linear", "'Linen' is not a torch.nn module class"),
     ("modules.layers.Linear=no_such_lab.Linear", "modules.layers.Linear='no_such_lab.Linear' cannot be imported"),

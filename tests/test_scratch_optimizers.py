@@ -7,7 +7,6 @@ import io
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
@@ -16,8 +15,8 @@ from conftest import CONF
 from pipeline.scratch.adam import Adam
 from pipeline.scratch.rmsprop import RMSprop
 from pipeline.scratch.sgd import SGD
+from pipeline.scratch.trajectory import STEPS, copies, error, fixed_problem, take_step
 
-STEPS = 100
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
@@ -28,42 +27,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def fixed_problem(dtype):
-    """A 2-layer MLP's cross-entropy on fixed data: its starting parameters and the loss as a function of them.
-    The last parameter is not in the loss, so it never has a gradient and must be left alone."""
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(32, 4, generator=generator, dtype=dtype)
-    targets = torch.randint(0, 3, (32,), generator=generator)
-    shapes = [(8, 4), (8,), (3, 8), (3,), (2,)]
-    start = [0.5 * torch.randn(shape, generator=generator, dtype=dtype) for shape in shapes]
-
-    def loss_of(params):
-        w1, b1, w2, b2, _unused = params
-        return F.cross_entropy(torch.tanh(inputs @ w1.T + b1) @ w2.T + b2, targets)
-
-    return start, loss_of
-
-
-def copies(start):
-    return [tensor.clone().requires_grad_() for tensor in start]
-
-
-def take_step(optimizer, params, loss_of):
-    """optimizer.step with a closure, the way Lightning calls it."""
-    def closure():
-        optimizer.zero_grad()
-        loss = loss_of(params)
-        loss.backward()
-        return loss
-
-    return optimizer.step(closure)
-
-
-def error(ours, reference) -> torch.Tensor:
-    """max |ours - reference| / max(1, max |reference|), as a 0-d tensor (one .item() per run, not per check)."""
-    return (ours - reference).abs().max() / reference.abs().max().clamp(min=1)
 
 
 def scheduled_values(optimizer) -> list[dict]:

@@ -6,6 +6,10 @@ Forward:  X = im2col(x)                     (N·Ho·Wo, k·k·C_in): one row per
 Backward: ∂L/∂W = (∂L/∂Y)ᵀ X                 (the saved columns: no second im2col)
           ∂L/∂b = Σ_rows ∂L/∂Y
           ∂L/∂x = col2im((∂L/∂Y) W)         each window's gradient added back onto the pixels it was read from
+
+Speed: X and ∂L/∂Y·W are k·k times the image, so copying them costs more than the GEMMs on them. With many
+channels they are kept row by row (a window's C channels are adjacent), with few (an image's 1 or 3, LeNet's 6) in
+transposed memory, one shifted copy of each channel per column, so every copy moves long contiguous runs.
 """
 import math
 
@@ -16,7 +20,7 @@ from torch.nn.modules.utils import _pair
 from pipeline.errors import ConfigError
 from pipeline.scratch.im2col import col2im, im2col
 
-FEW_CHANNELS = 16
+FEW_CHANNELS = 16  # below this many input channels the columns are stored transposed (see the module docstring)
 SUPPORTED = {"groups": 1, "dilation": 1, "padding_mode": "zeros"}
 
 
@@ -56,7 +60,8 @@ class Conv2dFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, stride, padding):
         n, _, height, width = x.shape
         kernel = tuple(weight.shape[2:])
-        cols = im2col(x, kernel, stride, padding, positions_innermost=x.shape[1] < FEW_CHANNELS)
+        few_channels = x.shape[1] < FEW_CHANNELS
+        cols = im2col(x, kernel, stride, padding, positions_innermost=few_channels)
         kernel_rows = unrolled(weight)
         out = cols @ kernel_rows.t() if bias is None else torch.addmm(bias, cols, kernel_rows.t())
         out_h = (height + 2 * padding[0] - kernel[0]) // stride[0] + 1
@@ -64,7 +69,7 @@ class Conv2dFunction(torch.autograd.Function):
         ctx.save_for_backward(cols if ctx.needs_input_grad[1] else None,
                               kernel_rows if ctx.needs_input_grad[0] else None)
         ctx.geometry = (tuple(x.shape), kernel, stride, padding)
-        ctx.has_bias = bias is not None
+        ctx.few_channels, ctx.has_bias = few_channels, bias is not None
         return as_image(out, n, out_h, out_w)
 
     @staticmethod
@@ -73,15 +78,17 @@ class Conv2dFunction(torch.autograd.Function):
         image_shape, kernel, stride, padding = ctx.geometry
         grad_rows = as_rows(grad_y)
         grad_x = grad_weight = grad_bias = None
+        # With few channels every product is formed on transposed operands: it leaves the columns in the same
+        # transposed layout, and MKL is faster on these shapes (few rows per kernel) that way round.
         if ctx.needs_input_grad[0]:
-            grad_cols = (kernel_rows.t() @ grad_rows.t()).t() if image_shape[1] < FEW_CHANNELS else grad_rows @ kernel_rows
+            if ctx.few_channels:
+                grad_cols = (kernel_rows.t() @ grad_rows.t()).t()
+            else:
+                grad_cols = grad_rows @ kernel_rows
             grad_x = col2im(grad_cols, image_shape, kernel, stride, padding)
         if ctx.needs_input_grad[1]:
+            grad_weight = (cols.t() @ grad_rows).t() if ctx.few_channels else grad_rows.t() @ cols
             out_channels, in_channels = grad_rows.shape[1], image_shape[1]
-            if cols.stride(0) == 1:  # transposed columns: MKL is fastest with (Xᵀ)ᵀ... as Xᵀ · ∂L/∂Y
-                grad_weight = (cols.t() @ grad_rows).t()
-            else:
-                grad_weight = grad_rows.t() @ cols
             grad_weight = grad_weight.view(out_channels, *kernel, in_channels).permute(0, 3, 1, 2)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_rows.sum(dim=0)

@@ -8,10 +8,12 @@ im2col copies every k×k window of the zero-padded image into one row, so a conv
 col2im is its adjoint (the backward of im2col): each entry of the columns is added back to the pixel it was copied
 from, so a pixel that several windows share receives the sum of their entries; padding positions are dropped.
 
-    x[n, c, h, w] = Σ over (ho, wo, i, j) with ho·s + i − p = h and wo·s + j − p = w of cols[(n, ho, wo), (i, j, c)]
+    x[n, c, h, w] = Σ over ho·s + i − p = h, wo·s + j − p = w of cols[(n, ho, wo), (i, j, c)]
 
 Both work in channels-last order (c varies fastest): a window row is then kh·kw runs of C contiguous numbers, the
 GEMM's output (N·Ho·Wo, C_out) is already an NHWC image, and a channels_last input needs no reordering at all.
+For an image with few channels (runs of 1 or 3 numbers are slow to copy) the same matrix can be stored transposed,
+positions innermost: each column is then one channel of the image shifted by (i, j), runs of a whole image row.
 """
 import torch
 import torch.nn.functional as F

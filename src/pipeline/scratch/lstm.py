@@ -16,9 +16,8 @@ to step t-1 unchanged.
 import torch
 from torch import nn
 
-from pipeline.scratch.recurrent import (Recurrent, hidden_side_grads, input_projection, input_side_grads,
-                                        keep_ended, masked_output, output_grad, split_by_mask,
-                                        step_masks)
+from pipeline.scratch.recurrent import (Recurrent, hidden_side_grads, input_projection, input_side_grads, keep_ended,
+                                        masked_output, output_grad, split_by_mask, step_masks)
 
 
 class LSTMFunction(torch.autograd.Function):

@@ -12,9 +12,8 @@ Variable lengths: where a sequence has ended, h_t = h_{t-1}, output_t = 0, and Î
 import torch
 from torch import nn
 
-from pipeline.scratch.recurrent import (Recurrent, hidden_side_grads, input_projection, input_side_grads,
-                                        keep_ended, masked_output, output_grad, split_by_mask,
-                                        step_masks)
+from pipeline.scratch.recurrent import (Recurrent, hidden_side_grads, input_projection, input_side_grads, keep_ended,
+                                        masked_output, output_grad, split_by_mask, step_masks)
 
 ACTIVATIONS = {"tanh": torch.tanh_, "relu": torch.relu_}  # in place: each step writes straight into its state
 

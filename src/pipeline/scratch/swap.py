@@ -2,7 +2,8 @@
 
 The replacement adopts the very parameter and buffer tensors of the module it replaces, so tied weights stay tied,
 a checkpoint loads either way, and nothing is drawn from the run's random stream: with the same seed a scratch run
-starts from the same weights, sees the same batches and the same dropout masks as the torch run.
+starts from the same weights, sees the same batches and the same dropout masks as the torch run (except between a
+stacked RNN's layers, where torch's RNN draws its masks inside its own kernel).
 """
 import logging
 from collections import Counter
