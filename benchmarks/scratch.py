@@ -4,16 +4,20 @@ alternately in one process.
 
     python benchmarks/scratch.py [--threads 2] [--repeats 7] [--cases lenet_conv1 cifar_conv2 ...]
     python benchmarks/scratch.py --quick    # seconds: batch 2, one repeat: checks every row still runs
+    python benchmarks/scratch.py --threads 1 --cpu-time    # on a shared, busy machine: steadier ratios
+    PIPELINE_DATA_DIR=../shared/data python benchmarks/scratch.py --labs    # the labs end to end, torch vs scratch
 
 Prints one row per case: ms per forward + backward for torch and for scratch (medians over the repeats) and the
-ratio scratch/torch (1.0 = as fast as torch). A case whose scratch module is not written yet is skipped, named.
-Add a row: one Case(name, make_torch_module, make_inputs) in CASES; make_inputs(batch) gives the module's inputs,
+ratio scratch/torch (1.0 = as fast as torch). With --labs it times whole `python run.py` commands instead: each lab
+with modules=torch and with modules=scratch, alternately, and prints seconds and their ratio. Add a row: one Case(name, make_torch_module, make_inputs) in CASES; make_inputs(batch) gives the module's inputs,
 those to differentiate with requires_grad set (a first layer's input has none: its gradient is not computed).
 """
 import argparse
 import copy
-import importlib.util
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -91,18 +95,16 @@ CASES = [
     Case("dropout 0.5 on 128x256", lambda: nn.Dropout(0.5), lambda batch: (torch.randn(batch, 256,
                                                                                        requires_grad=True),)),
     Case("embedding 60x32, 20 tokens", lambda: nn.Embedding(60, 32, padding_idx=0), tokens(60, 20)),
-    Case("lstm 32->64, 20 steps", lambda: nn.LSTM(32, 64, batch_first=True), sequences(32, 20)),
-    Case("gru 32->64, 20 steps", lambda: nn.GRU(32, 64, batch_first=True), sequences(32, 20)),
+    # the char-RNN lab (data=chars): embedding 32 -> hidden 128, names padded to 20 steps
+    Case("rnn 32->128, 20 steps", lambda: nn.RNN(32, 128, batch_first=True), sequences(32, 20)),
+    Case("lstm 32->128, 20 steps", lambda: nn.LSTM(32, 128, batch_first=True), sequences(32, 20)),
+    Case("gru 32->128, 20 steps", lambda: nn.GRU(32, 128, batch_first=True), sequences(32, 20)),
 ]
 
 
-def scratch_version(module: nn.Module):
-    """The module as modules=scratch would replace it (its own copy), or None when its scratch class's file is
-    not written yet."""
-    available = {name: path for name, path in SCRATCH_LAYERS.items()
-                 if importlib.util.find_spec(path.rpartition(".")[0]) is not None}
-    replaced = swap_modules(copy.deepcopy(module), available)
-    return None if type(replaced) is type(module) else replaced
+def scratch_version(module: nn.Module) -> nn.Module:
+    """The module as modules=scratch replaces it (its own copy)."""
+    return swap_modules(copy.deepcopy(module), SCRATCH_LAYERS)
 
 
 def forward_backward(module: nn.Module, inputs: tuple, upstream: torch.Tensor | None) -> torch.Tensor:
@@ -117,60 +119,92 @@ def forward_backward(module: nn.Module, inputs: tuple, upstream: torch.Tensor | 
     return upstream
 
 
-def ms_per_call(module: nn.Module, inputs: tuple, upstream: torch.Tensor, calls: int) -> float:
-    start = time.perf_counter()
+def ms_per_call(module: nn.Module, inputs: tuple, upstream: torch.Tensor, calls: int, clock=time.perf_counter):
+    start = clock()
     for _ in range(calls):
         forward_backward(module, inputs, upstream)
-    return (time.perf_counter() - start) / calls * 1000
+    return (clock() - start) / calls * 1000
 
 
-def measure(case: Case, batch: int, repeats: int) -> tuple[float, float] | None:
+def measure(case: Case, batch: int, repeats: int, clock=time.perf_counter) -> tuple[float, float]:
     """(torch ms, scratch ms) per forward + backward: medians over `repeats`, the two alternating (the machine may
     be noisy), each repeat at least ~50 ms of calls."""
     reference = case.make_torch_module()
     scratch = scratch_version(reference)
-    if scratch is None:
-        return None
     inputs = case.make_inputs(batch)
     upstream = forward_backward(reference, inputs, None)
     forward_backward(scratch, inputs, upstream)  # warm up both
     calls = max(1, int(50 / ms_per_call(reference, inputs, upstream, 1))) if repeats > 1 else 1
     times = {"torch": [], "scratch": []}
     for _ in range(repeats):
-        times["torch"].append(ms_per_call(reference, inputs, upstream, calls))
-        times["scratch"].append(ms_per_call(scratch, inputs, upstream, calls))
+        times["torch"].append(ms_per_call(reference, inputs, upstream, calls, clock))
+        times["scratch"].append(ms_per_call(scratch, inputs, upstream, calls, clock))
     return statistics.median(times["torch"]), statistics.median(times["scratch"])
+
+
+# The labs of the issue, one epoch each (two for the names): the torch command and what modules=scratch adds to it.
+LABS = {
+    "mnist_linear": (["experiment=mnist_linear", "trainer.max_epochs=1"], ["modules=scratch", "optimizer=scratch_sgd"]),
+    "mnist_lenet": (["experiment=mnist_lenet", "trainer.max_epochs=1"], ["modules=scratch"]),
+    "chars_lstm": (["data=chars", "model=lstm", "trainer.max_epochs=2"], ["modules=scratch"]),
+}
+QUICK_LABS = {"digits_lenet": (["model=lenet", "trainer.max_epochs=1"], ["modules=scratch"])}  # no files needed
+
+
+def lab_seconds(overrides: list[str], threads: int, folder: Path) -> float:
+    """Wall seconds of one whole `python run.py` (start-up, data, fit, test) without tracking."""
+    folder.mkdir(parents=True)
+    command = [sys.executable, str(ROOT / "run.py"), *overrides, f"threads={threads}", "logger=none",
+               f"hydra.run.dir={folder}", f"paths.output_dir={folder}"]
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, cwd=folder)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(overrides)} failed:\n{result.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def labs(chosen: dict, threads: int, repeats: int) -> None:
+    print(f"{'lab':<14}{'torch s':>9}{'scratch s':>11}{'scratch/torch':>15}")
+    with tempfile.TemporaryDirectory() as folder:
+        for name, (command, scratch) in chosen.items():
+            times = {"torch": [], "scratch": []}
+            for repeat in range(repeats):
+                for kind, overrides in (("torch", command), ("scratch", [*command, *scratch])):
+                    times[kind].append(lab_seconds(overrides, threads, Path(folder) / f"{name}-{kind}-{repeat}"))
+            torch_s, scratch_s = statistics.median(times["torch"]), statistics.median(times["scratch"])
+            print(f"{name:<14}{torch_s:9.1f}{scratch_s:11.1f}{scratch_s / torch_s:15.2f}", flush=True)
 
 
 def main() -> None:
     names = [case.name.split()[0] for case in CASES]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, help="per row (default 7; with --labs: per command, default 1)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--cases", nargs="+", choices=sorted(set(names)), help="the rows whose first word is one "
                         "of these (default: all)")
     parser.add_argument("--quick", action="store_true", help="batch 2, one repeat: checks every row still runs")
+    parser.add_argument("--labs", action="store_true", help="time whole run.py commands of the labs instead "
+                        "(needs the datasets: PIPELINE_DATA_DIR)")
+    parser.add_argument("--cpu-time", action="store_true", help="time the process's CPU time, not the wall clock: "
+                        "other programs' load barely moves it (use it with --threads 1: with more, it also counts "
+                        "threads waiting for each other)")
     args = parser.parse_args()
-    batch, repeats = (2, 1) if args.quick else (args.batch, args.repeats)
+    batch, repeats = (2, 1) if args.quick else (args.batch, args.repeats or 7)
+    print(f"load average {open('/proc/loadavg').read().split()[0]}")
+    if args.labs:
+        return labs(QUICK_LABS if args.quick else LABS, args.threads, 1 if args.quick else args.repeats or 1)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {batch}, median of {repeats}, "
-          f"load average {open('/proc/loadavg').read().split()[0]}")
+          f"{'CPU time' if args.cpu_time else 'wall clock'}")
     width = max(len(case.name) for case in CASES)
     print(f"{'case':<{width}}  {'torch ms':>9}  {'scratch ms':>10}  {'scratch/torch':>13}")
-    skipped = []
     for case, name in zip(CASES, names):
         if args.cases and name not in args.cases:
             continue
-        result = measure(case, batch, repeats)
-        if result is None:
-            skipped.append(case.name)
-            continue
-        torch_ms, scratch_ms = result
+        torch_ms, scratch_ms = measure(case, batch, repeats, time.process_time if args.cpu_time else time.perf_counter)
         print(f"{case.name:<{width}}  {torch_ms:9.3f}  {scratch_ms:10.3f}  {scratch_ms / torch_ms:13.2f}", flush=True)
-    for name in skipped:
-        print(f"skipped {name}: its scratch module is not written yet")
 
 
 if __name__ == "__main__":

@@ -152,6 +152,27 @@ def test_conv2d_saves_only_what_its_backward_needs():
     assert frozen[0] is None and frozen[1] is not None
 
 
+@pytest.mark.parametrize("reference", [nn.Conv2d(3, 8, 3, padding=1), nn.ConvTranspose2d(3, 8, 4, 2, 1)],
+                         ids=["conv", "transposed"])
+def test_convolutions_train_under_bfloat16_autocast(reference):
+    # trainer.precision=bf16-mixed: the GEMM gives bfloat16, so does the gradient arriving at the backward, while x
+    # and the weight stay float32; the gradients come out float32 and agree with torch's to bfloat16 precision.
+    scratch = type(reference).__name__
+    module = {"Conv2d": Conv2d, "ConvTranspose2d": ConvTranspose2d}[scratch].like(reference)
+    module.load_state_dict(reference.state_dict())
+    results, dtypes = [], []
+    for layer in (module, reference):
+        x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0), requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(x)
+        y.float().pow(2).sum().backward()
+        results.append((y.float(), x.grad, layer.weight.grad))
+        dtypes.append((y.dtype, x.grad.dtype, layer.weight.grad.dtype))
+    assert dtypes[0] == dtypes[1] == (torch.bfloat16, torch.float32, torch.float32)
+    for ours, theirs in zip(*results):
+        assert relative_error(ours, theirs) < 2e-2
+
+
 LAB_TRANSPOSED = {  # (batch, in, out, kernel, stride, padding, output_padding, image size)
     "autoencoder_14_to_28": (2, 16, 16, 2, 2, 0, 0, 14), "autoencoder_3_to_7": (2, 32, 32, 2, 2, 0, 1, 3),
     "dcgan_7_to_14": (2, 64, 32, 4, 2, 1, 0, 7), "dcgan_to_image": (2, 32, 1, 4, 2, 1, 0, 14),

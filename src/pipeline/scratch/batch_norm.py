@@ -91,8 +91,12 @@ class BatchNorm(nn.Module):
             raise ValueError(f"{type(self).__name__} expects {' or '.join(f'{d}-D' for d in self.input_dims)} "
                              f"input (batch first), got shape {tuple(x.shape)}")
         batch_statistics = self.training or not self.track_running_stats
-        y, mean, var = BatchNormFunction.apply(x, self.weight, self.bias, self.running_mean, self.running_var,
-                                               batch_statistics, self.eps)
+        # Statistics in at least float32, as torch.nn's batch norm keeps them under autocast (bf16-mixed): a mean
+        # and variance summed in bfloat16 lose most of their digits.
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
+        with torch.autocast(x.device.type, enabled=False):
+            y, mean, var = BatchNormFunction.apply(x, self.weight, self.bias, self.running_mean, self.running_var,
+                                                   batch_statistics, self.eps)
         if self.training and self.track_running_stats:
             self.update_running_statistics(mean, var, x.numel() // x.shape[1])
         return y

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from pipeline.errors import ConfigError
+from pipeline.scratch.autocast import follows_autocast
 from pipeline.scratch.im2col import col2im, im2col
 
 FEW_CHANNELS = 16  # below this many input channels the columns are stored transposed (see the module docstring)
@@ -55,6 +56,7 @@ def as_rows(image: torch.Tensor) -> torch.Tensor:
     return image.permute(0, 2, 3, 1).reshape(-1, image.shape[1])
 
 
+@follows_autocast
 class Conv2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding):
@@ -69,14 +71,15 @@ class Conv2dFunction(torch.autograd.Function):
         ctx.save_for_backward(cols if ctx.needs_input_grad[1] else None,
                               kernel_rows if ctx.needs_input_grad[0] else None)
         ctx.geometry = (tuple(x.shape), kernel, stride, padding)
-        ctx.few_channels, ctx.has_bias = few_channels, bias is not None
+        ctx.few_channels, ctx.has_bias, ctx.dtype = few_channels, bias is not None, weight.dtype
         return as_image(out, n, out_h, out_w)
 
     @staticmethod
     def backward(ctx, grad_y):
         cols, kernel_rows = ctx.saved_tensors
         image_shape, kernel, stride, padding = ctx.geometry
-        grad_rows = as_rows(grad_y)
+        # under autocast the output, so its gradient, is bfloat16 while x and W are float32: work in theirs
+        grad_rows = as_rows(grad_y.to(ctx.dtype))
         grad_x = grad_weight = grad_bias = None
         # With few channels every product is formed on transposed operands: it leaves the columns in the same
         # transposed layout, and MKL is faster on these shapes (few rows per kernel) that way round.

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
+from pipeline.scratch.autocast import follows_autocast
 from pipeline.scratch.conv2d import as_image, as_rows, refuse_unsupported
 from pipeline.scratch.im2col import col2im, im2col
 
@@ -29,6 +30,7 @@ def unrolled(weight: torch.Tensor) -> torch.Tensor:
     return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
 
 
+@follows_autocast
 class ConvTranspose2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, output_padding):
@@ -43,13 +45,14 @@ class ConvTranspose2dFunction(torch.autograd.Function):
         ctx.save_for_backward(rows if ctx.needs_input_grad[1] else None,
                               kernel_rows if ctx.needs_input_grad[0] else None)
         ctx.geometry = (n, height, width, kernel, stride, padding)
-        ctx.has_bias = bias is not None
+        ctx.has_bias, ctx.dtype = bias is not None, weight.dtype
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         rows, kernel_rows = ctx.saved_tensors
         n, height, width, kernel, stride, padding = ctx.geometry
+        grad_y = grad_y.to(ctx.dtype)  # bfloat16 under autocast, while x and W are float32: work in theirs
         grad_cols = im2col(grad_y, kernel, stride, padding)
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:

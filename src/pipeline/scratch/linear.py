@@ -10,7 +10,10 @@ import math
 import torch
 from torch import nn
 
+from pipeline.scratch.autocast import follows_autocast
 
+
+@follows_autocast
 class LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):

@@ -205,22 +205,28 @@ class Recurrent(nn.Module):
             mask = positions < lengths
             reverse_index = torch.where(mask, lengths - 1 - positions, positions)
 
-        finals = []
-        for layer in range(self.num_layers):
-            outputs = []
-            for direction, suffix in enumerate(self.suffixes):
-                start = tuple(state[layer * self.directions + direction] for state in initial)
-                weights = self.layer_weights(layer, suffix)
-                if direction == 0:
-                    output, final = self.run_direction(x, mask, start, weights)
-                else:
-                    output, final = self.run_direction(reverse_within_lengths(x, reverse_index), mask, start, weights)
-                    output = reverse_within_lengths(output, reverse_index)
-                outputs.append(output)
-                finals.append(final)
-            x = torch.cat(outputs, dim=2) if self.directions == 2 else outputs[0]
-            if layer < self.num_layers - 1:  # between stacked layers only, as torch does
-                x = dropout(x, self.dropout, self.training)
+        # The cells run in the weights' dtype even under autocast (bf16-mixed): their step loops write into
+        # preallocated buffers, which autocast does not cast (torch.amp.custom_fwd(cast_inputs=...) does the same).
+        dtype = self.weight_ih_l0.dtype
+        x, initial = x.to(dtype), tuple(state.to(dtype) for state in initial)
+        with torch.autocast(x.device.type, enabled=False):
+            finals = []
+            for layer in range(self.num_layers):
+                outputs = []
+                for direction, suffix in enumerate(self.suffixes):
+                    start = tuple(state[layer * self.directions + direction] for state in initial)
+                    weights = self.layer_weights(layer, suffix)
+                    if direction == 0:
+                        output, final = self.run_direction(x, mask, start, weights)
+                    else:
+                        backwards = reverse_within_lengths(x, reverse_index)
+                        output, final = self.run_direction(backwards, mask, start, weights)
+                        output = reverse_within_lengths(output, reverse_index)
+                    outputs.append(output)
+                    finals.append(final)
+                x = torch.cat(outputs, dim=2) if self.directions == 2 else outputs[0]
+                if layer < self.num_layers - 1:  # between stacked layers only, as torch does
+                    x = dropout(x, self.dropout, self.training)
 
         final_states = tuple(torch.stack([final[k] for final in finals]) for k in range(self.state_count))
         if packed is not None:
