@@ -255,3 +255,16 @@ def test_dvc_exp_run_trains_with_scratch_modules(tmp_path):
     assert read_metrics(repo)["acc"] > 0.3
     _, runs = all_runs(f"sqlite:///{repo}/mlflow.db")
     assert runs[0].data.params["modules.layers.Conv2d"] == "pipeline.scratch.conv2d.Conv2d"
+
+
+def test_every_scratch_module_with_weights_draws_them_afresh_for_the_explanations_sanity_check(compose_config):
+    """explanations.reinitialised() calls reset_parameters(): a scratch network must not come back unchanged."""
+    from pipeline.explanations import reinitialised
+
+    for family in ("lenet", "conv_autoencoder transposed", "lstm", "mlp"):
+        cfg = compose_config(*FAMILIES[family], "regularization=none", "modules=scratch")
+        network = build_network(cfg.model, module_layers(cfg))
+        fresh = dict(reinitialised(network).named_parameters())
+        for name, parameter in network.named_parameters():
+            if parameter.requires_grad and parameter.dim() > 1:
+                assert not torch.equal(fresh[name], parameter), (family, name)

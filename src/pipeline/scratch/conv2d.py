@@ -109,10 +109,17 @@ class Conv2d(nn.Module):
             raise ValueError(f"Conv2d(padding={padding!r}) is not implemented by {__name__}.Conv2d: "
                              "give padding as an int or a pair of ints")
         self.kernel_size, self.stride, self.padding = _pair(kernel_size), _pair(stride), _pair(padding)
-        fan_in = in_channels * math.prod(self.kernel_size)
-        bound = 1 / math.sqrt(fan_in)
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(out_channels).uniform_(-bound, bound)) if bias else None
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw the weights afresh (explanations' sanity check re-initialises a model through this)."""
+        bound = 1 / math.sqrt(self.in_channels * math.prod(self.kernel_size))
+        with torch.no_grad():
+            self.weight.uniform_(-bound, bound)
+            if self.bias is not None:
+                self.bias.uniform_(-bound, bound)
 
     @classmethod
     def like(cls, module: nn.Conv2d) -> "Conv2d":

@@ -78,9 +78,16 @@ class ConvTranspose2d(nn.Module):
         if any(extra >= s for extra, s in zip(self.output_padding, self.stride)):
             raise ValueError(f"ConvTranspose2d(output_padding={output_padding!r}) must be smaller than "
                              f"stride={stride!r}: it only restores the rows a strided convolution dropped")
-        bound = 1 / math.sqrt(out_channels * math.prod(self.kernel_size))
-        self.weight = nn.Parameter(torch.empty(in_channels, out_channels, *self.kernel_size).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(out_channels).uniform_(-bound, bound)) if bias else None
+        self.weight = nn.Parameter(torch.empty(in_channels, out_channels, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1 / math.sqrt(self.out_channels * math.prod(self.kernel_size))
+        with torch.no_grad():
+            self.weight.uniform_(-bound, bound)
+            if self.bias is not None:
+                self.bias.uniform_(-bound, bound)
 
     @classmethod
     def like(cls, module: nn.ConvTranspose2d) -> "ConvTranspose2d":

@@ -12,56 +12,34 @@ For each parameter θ with gradient g, learning rate η, smoothing α, weight de
 """
 import torch
 
-
-def check_at_least_zero(name: str, value: float) -> None:
-    """Refuse a negative (or NaN) hyperparameter, naming it."""
-    if not value >= 0:
-        raise ValueError(f"RMSprop: {name}={value!r} is invalid: must be a number >= 0")
+from pipeline.scratch.optimizer import ScratchOptimizer
 
 
-class RMSprop(torch.optim.Optimizer):
+class RMSprop(ScratchOptimizer):
     """torch.optim.RMSprop's defaults and trajectory."""
 
     def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0,
                  momentum: float = 0, centered: bool = False):
-        for name, value in (("lr", lr), ("alpha", alpha), ("eps", eps), ("weight_decay", weight_decay),
-                            ("momentum", momentum)):
-            check_at_least_zero(name, value)
-        defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered)
-        super().__init__(params, defaults)
+        super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                         centered=centered)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One update of every parameter that has a gradient; returns the closure's loss if one is given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            # Read every step: a scheduler (OneCycleLR) may change lr and momentum between steps.
-            lr, alpha, eps = group["lr"], group["alpha"], group["eps"]
-            weight_decay, momentum, centered = group["weight_decay"], group["momentum"], group["centered"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                grad = param.grad
-                state = self.state[param]
-                if "square_avg" not in state:
-                    state["square_avg"] = torch.zeros_like(param)
-                if weight_decay != 0:
-                    grad = grad.add(param, alpha=weight_decay)
-                square_avg = state["square_avg"]
-                square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
-                if centered:
-                    grad_avg = state.setdefault("grad_avg", torch.zeros_like(param))
-                    grad_avg.lerp_(grad, 1 - alpha)  # ḡ + (1 − α)(g − ḡ): the same average, rounded as torch does
-                    rms = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_().add_(eps)
-                else:
-                    rms = square_avg.sqrt().add_(eps)
-                if momentum > 0:
-                    buffer = state.setdefault("momentum_buffer", torch.zeros_like(param))
-                    buffer.mul_(momentum).addcdiv_(grad, rms)
-                    param.add_(buffer, alpha=-lr)
-                else:
-                    param.addcdiv_(grad, rms, value=-lr)
-        return loss
+    def update(self, param, grad, state, group):
+        alpha, eps, momentum = group["alpha"], group["eps"], group["momentum"]
+        if "square_avg" not in state:
+            state["square_avg"] = torch.zeros_like(param)
+        if group["weight_decay"] != 0:
+            grad = grad.add(param, alpha=group["weight_decay"])
+        square_avg = state["square_avg"]
+        square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+        if group["centered"]:
+            grad_avg = state.setdefault("grad_avg", torch.zeros_like(param))
+            grad_avg.lerp_(grad, 1 - alpha)  # ḡ + (1 − α)(g − ḡ): the same average, rounded as torch does
+            rms = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_().add_(eps)
+        else:
+            rms = square_avg.sqrt().add_(eps)
+        if momentum > 0:
+            buffer = state.setdefault("momentum_buffer", torch.zeros_like(param))
+            buffer.mul_(momentum).addcdiv_(grad, rms)
+            param.add_(buffer, alpha=-group["lr"])
+        else:
+            param.addcdiv_(grad, rms, value=-group["lr"])
