@@ -172,18 +172,26 @@ def test_a_wrong_backward_fails_the_check_and_the_command_says_where(tmp_path, m
     assert ours.returncode == 0 and ours.stdout.count(" ok") == 2 and "FAIL" not in ours.stdout
 
 
-def test_the_command_checks_the_optimizers_against_torch_optim(tmp_path):
-    import subprocess
+def test_the_command_checks_the_optimizers_against_torch_optim(capsys):
+    from pipeline.gradcheck import main
 
-    command = [sys.executable, "-m", "pipeline.gradcheck"]
-    ours = subprocess.run([*command, "sgd", "adam"], capture_output=True, text=True, cwd=tmp_path)
-    assert ours.returncode == 0 and ours.stdout.count(" ok") == 4, ours.stdout
+    assert main(["sgd", "adam"]) == 0
+    assert capsys.readouterr().out.count(" ok") == 4
     # AdamW decays the weights apart from the gradient: the same as Adam without weight decay, not with it.
-    adamw = subprocess.run([*command, "adam", "optimizer._target_=torch.optim.AdamW"], capture_output=True, text=True,
-                           cwd=tmp_path)
-    assert adamw.returncode == 1
-    rows = [line for line in adamw.stdout.splitlines() if line.startswith("scratch_adam")]
+    assert main(["adam", "optimizer._target_=torch.optim.AdamW"]) == 1
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("scratch_adam")]
     assert rows[0].endswith("ok") and "FAIL" in rows[1] and "weight decay 0.01" in rows[1]
+
+
+def test_the_check_runs_where_a_training_run_left_deterministic_algorithms_on():
+    """torch.nn.MaxUnpool2d, the reference, refuses under deterministic algorithms (trainer.deterministic=true)."""
+    mode = torch.get_deterministic_debug_mode()
+    torch.set_deterministic_debug_mode("error")
+    try:
+        assert all(check(case, SCRATCH).passed for case in CASES if case.key == "MaxUnpool2d")
+        assert torch.get_deterministic_debug_mode() == 2
+    finally:
+        torch.set_deterministic_debug_mode(mode)
 
 
 @pytest.mark.parametrize("override,message", [
@@ -227,20 +235,21 @@ def test_run_py_refuses_a_module_it_cannot_import_in_one_line(run_py):
     assert "Traceback" not in result.stderr
 
 
-def test_a_run_with_scratch_modules_and_optimizer_ends_where_the_torch_run_does(run_py, tracking_uri):
-    """The same seed: the same start, batches and dropout masks; only rounding differs."""
-    common = ["model=lenet", "regularization=batchnorm_dropout", "trainer.max_epochs=2"]
-    torch_run = run_py(*common, "optimizer=momentum")
-    scratch_run = run_py(*common, "optimizer=scratch_momentum", "modules=scratch")
-    assert torch_run.returncode == 0, torch_run.stderr[-2000:]
-    assert scratch_run.returncode == 0, scratch_run.stderr[-2000:]
-    _, runs = all_runs(tracking_uri)
-    by_modules = {run.data.params.get("modules.layers.Linear", "torch"): run for run in runs}
-    scratch, reference = by_modules["pipeline.scratch.linear.Linear"], by_modules["torch"]
-    assert scratch.data.params["optimizer._target_"] == "pipeline.scratch.sgd.SGD"
-    assert scratch.data.params["optimizer.nesterov"] == "True"
-    assert abs(scratch.data.metrics["test/acc"] - reference.data.metrics["test/acc"]) <= 0.01
-    assert reference.data.metrics["test/acc"] > 0.5
+def test_run_py_trains_lenet_with_scratch_modules_and_optimizer_and_records_them(run_py, tracking_uri):
+    """The whole command: the model, its loss and its optimizer the labs' own (that they compute what torch does is
+    the family test above, in float64), tracked like any run, with the CNN's plots."""
+    result = run_py("model=lenet", "regularization=batchnorm_dropout", "trainer.max_epochs=2",
+                    "optimizer=scratch_momentum", "modules=scratch")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "modules: replaced Conv2d x2, BatchNorm2d x2, ReLU x4, MaxPool2d x2" in result.stderr + result.stdout
+    client, (run,) = all_runs(tracking_uri)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["modules.layers.Conv2d"] == "pipeline.scratch.conv2d.Conv2d"
+    assert run.data.params["task.loss_functions.cross_entropy"] == "pipeline.scratch.cross_entropy.cross_entropy"
+    assert run.data.params["optimizer._target_"] == "pipeline.scratch.sgd.SGD"
+    assert run.data.metrics["test/acc"] > 0.5
+    plots = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/filters.png", "plots/feature_maps.png", "plots/explanations.png"} <= plots
 
 
 def test_dvc_exp_run_trains_with_scratch_modules(tmp_path):

@@ -1,6 +1,7 @@
 """How a module is checked against torch: the same weights and inputs through both, every output and gradient
 compared, and torch.autograd.gradcheck on the module's own backward (finite differences, float64)."""
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -53,9 +54,21 @@ def as_dtype(case: Case, inputs, dtype) -> list:
             if isinstance(x, torch.Tensor) and x.is_floating_point() else x for index, x in enumerate(inputs)]
 
 
+@contextmanager
+def nondeterministic_allowed():
+    """torch.nn.MaxUnpool2d refuses to run while deterministic algorithms are on, and a Lightning run with
+    trainer.deterministic=true leaves them on for the rest of its process: a reference runs with them off."""
+    mode = torch.get_deterministic_debug_mode()
+    torch.set_deterministic_debug_mode(0)  # = use_deterministic_algorithms(False), without importing inductor
+    try:
+        yield
+    finally:
+        torch.set_deterministic_debug_mode(mode)
+
+
 def run(case: Case, module: nn.Module, inputs) -> list[torch.Tensor]:
     """The case's call, with the random stream reset (dropout draws the same mask in both modules)."""
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), nondeterministic_allowed():
         torch.manual_seed(1)
         return float_tensors(case.call(module, inputs))
 
