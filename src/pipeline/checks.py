@@ -132,12 +132,12 @@ def model_name(cfg: DictConfig) -> str:
 
 def task_class(cfg: DictConfig):
     """The class conf/task names (Classifier, Reconstruction, ...): it says what data and models it takes."""
-    from hydra.utils import get_class
+    from pipeline.imports import import_object
 
-    try:
-        return get_class(cfg.task._target_)
-    except Exception as error:
-        raise ConfigError(f"task._target_={cfg.task._target_} cannot be imported: {first_line(error)}") from None
+    found = import_object(cfg.task._target_, "task._target_")
+    if not isinstance(found, type):
+        raise ConfigError(f"task._target_={cfg.task._target_!r} is not a class (a task is a LightningModule class)")
+    return found
 
 
 def check_data_fits_task(cfg: DictConfig) -> None:

@@ -61,10 +61,10 @@ def main(argv=None) -> int:
                              "cross_entropy, ...; any case), all if none; overrides key=value swap in your own")
     args = parser.parse_args(argv)
     names = {item.lower() for item in args.items if "=" not in item}
-    targets = [item.partition("=")[2] for item in args.items if item.startswith("optimizer._target_=")]
+    optimizer_overrides = [item for item in args.items if item.startswith("optimizer._target_=")]
+    targets = [item.partition("=")[2] for item in optimizer_overrides]
     try:
-        modules = modules_config([item for item in args.items if "=" in item and item not in
-                                  [f"optimizer._target_={target}" for target in targets]])
+        modules = modules_config([item for item in args.items if "=" in item and item not in optimizer_overrides])
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
