@@ -15,6 +15,6 @@ def main(cfg) -> float:
 
 
 if __name__ == "__main__":
-    from pipeline.cli import with_clear_errors
+    from pipeline.cli import as_main_process, with_clear_errors
 
-    with_clear_errors(main)
+    as_main_process(with_clear_errors, main)

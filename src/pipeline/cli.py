@@ -1,8 +1,11 @@
 """Command-line error handling: bad input becomes one line on stderr and exit status 2, never a deep traceback."""
+import atexit
+import logging
 import os
 import re
 import signal
 import sys
+import threading
 
 from hydra.errors import (ConfigCompositionException, InstantiationException, MissingConfigException,
                           OverrideParseException)
@@ -133,3 +136,33 @@ def run_stage(stage) -> None:
         stopped()
     except Exception as error:
         exit_with_one_line(error, "HYDRA_FULL_ERROR" in os.environ)
+
+
+def exit_code(ending: SystemExit) -> int:
+    """The status the interpreter would exit with for this SystemExit (a message: printed, status 1)."""
+    if ending.code is None or isinstance(ending.code, int):
+        return ending.code or 0
+    print(ending.code, file=sys.stderr)
+    return 1
+
+
+def as_main_process(entry_point, *args) -> None:
+    """Run a command's entry point, then end the process as the interpreter would, minus its teardown of every
+    module and object (measured ~1 s with torch, Lightning and MLflow loaded, paid after the run's work is done):
+    the exit handlers run and output and logs are flushed first, then the process ends with the same status. A
+    bug's traceback, other threads still working, or a profiler or coverage tool watching (they write their
+    results at teardown) take the ordinary way out. Only for a process's __main__."""
+    try:
+        entry_point(*args)
+        code = 0
+    except SystemExit as ending:
+        code = exit_code(ending)
+    watched = sys.getprofile() is not None or sys.gettrace() is not None
+    if watched or any(thread.is_alive() and not thread.daemon for thread in threading.enumerate()
+                      if thread is not threading.main_thread()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -11,6 +11,7 @@ from pipeline.models.parts import is_convolution
 
 METHODS = ("saliency", "integrated_gradients", "grad_cam")
 FRACTION = 0.1  # the share of pixels the deletion test masks
+ROWS_BUDGET = 2**20  # input numbers per integrated-gradients pass (4 MB of float32)
 
 
 def last_conv(model: nn.Module, x: torch.Tensor | None = None) -> nn.Conv2d | None:
@@ -47,8 +48,11 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: s
     if method == "saliency":  # the raw input gradient (signed): d score / d pixel
         return Saliency(model).attribute(x, target=target, abs=False).detach()
     if method == "integrated_gradients":
+        # As many steps per forward pass as keep the batch's inputs near ROWS_BUDGET numbers: few large passes for
+        # small images (digits: all 50 steps in one), one step of all images at a time for large ones.
+        steps_per_pass = min(steps, max(1, ROWS_BUDGET // (len(x) * x[0].numel())))
         return IntegratedGradients(model).attribute(x, baselines=baseline.expand_as(x), target=target, n_steps=steps,
-                                                    internal_batch_size=max(len(x), 256)).detach()
+                                                    internal_batch_size=len(x) * steps_per_pass).detach()
     if method == "grad_cam":
         conv = last_conv(model, x)
         if conv is None:

@@ -4,6 +4,7 @@ import functools
 import json
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -12,12 +13,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from pipeline import resume, tracking, transfer
+from pipeline import resume, timing, tracking, transfer
 from pipeline.checks import check_config, check_model_fits_data
 from pipeline.objective import objective
 from pipeline.divergence import StopOnDivergence
 from pipeline.errors import ConfigError
 from pipeline.models.building import build_network, module_layers
+from pipeline.timing import phase
 
 log = logging.getLogger(__name__)
 # Lightning advertises a cloud logger at every start; users of this pipeline have MLflow.
@@ -44,12 +46,14 @@ def hydra_overrides() -> tuple[list[str], str | None, list[str]]:
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     """The callbacks group's, then the ones no run goes without: a resumable last checkpoint with the random
     state, a stop on divergence, and in a search's trial the pruning of hopeless trials."""
-    from pipeline.search.pruning import trial_callbacks
-
     callbacks = cfg.get("callbacks") or {}
     chosen = [instantiate(callback) for callback in callbacks.values() if callback and "_target_" in callback]
-    return chosen + [resume.last_checkpoint(cfg.paths.output_dir), resume.RandomState(), StopOnDivergence(),
-                     *trial_callbacks(cfg)]
+    chosen += [resume.last_checkpoint(cfg.paths.output_dir), resume.RandomState(), StopOnDivergence()]
+    if cfg.get("trial") is None:  # not a search's trial: no study to report to (and optuna's import is spared)
+        return chosen
+    from pipeline.search.pruning import trial_callbacks
+
+    return chosen + trial_callbacks(cfg)
 
 
 def build_logger(cfg: DictConfig, run) -> pl.loggers.Logger | bool:
@@ -96,11 +100,33 @@ def build_trainer(cfg: DictConfig, mlflow_run, loggers=(), callbacks=()) -> pl.T
     return instantiate(cfg.trainer, logger=all_loggers or False, callbacks=build_callbacks(cfg) + list(callbacks))
 
 
+def cores() -> int:
+    """The CPU cores this process may use (a container's or cluster job's share, where the OS says)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def parallel_jobs() -> int:
+    """How many jobs this process's sweep runs at once on this machine: the joblib launcher's n_jobs (-1: one per
+    core), else 1."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return 1
+    launcher = HydraConfig.get().launcher
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return 1
+    n_jobs = int(launcher.get("n_jobs") or 1)
+    return cores() if n_jobs < 0 else n_jobs
+
+
 def start(cfg: DictConfig) -> None:
-    """What every entry point does first: validate, set threads, seed everything."""
+    """What every entry point does first: validate, set threads, seed everything. Without `threads`, jobs that
+    run side by side share the cores out (more threads than cores slow every job down)."""
     check_config(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    jobs = parallel_jobs()
+    threads = cfg.threads or (max(1, cores() // jobs) if jobs > 1 else None)
+    if threads:
+        torch.set_num_threads(threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
 
@@ -203,39 +229,55 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str 
     """Train, test and track the experiment `cfg` describes; return its final train/val/test metrics."""
     if overrides is None:
         overrides, parent_run_id, swept_keys = hydra_overrides()
-    check_config(cfg)
-    cfg, resumed = resume_point(cfg, overrides)
-    start(cfg)
-    identity = run_identity(cfg)
-    datamodule = build_data(cfg)
-    task = build_task(cfg, datamodule)
-    identity.update(transfer.apply(task.model, cfg))
+    timing.reset()
+    with phase("config"):
+        check_config(cfg)
+        cfg, resumed = resume_point(cfg, overrides)
+        start(cfg)
+        identity = run_identity(cfg)
+    with phase("data"):
+        datamodule = build_data(cfg)
+    with phase("model"):
+        task = build_task(cfg, datamodule)
+        identity.update(transfer.apply(task.model, cfg))
 
     run_name = tracking.run_name(overrides, swept_keys)
-    tracked = (tracking.experiment_run(cfg, run_name, overrides, parent_run_id,
-                                       tags={**identity, **trial_tags(cfg, swept_keys)},
-                                       resume_run_id=resumed and resumed.run_id)
-               if tracking.uses_mlflow(cfg) else contextlib.nullcontext())
-    with tracked as mlflow_run:
-        trainer = build_trainer(cfg, mlflow_run)
+    with contextlib.ExitStack() as ending:
+        with phase("tracking start"):
+            mlflow_run = ending.enter_context(
+                tracking.experiment_run(cfg, run_name, overrides, parent_run_id,
+                                        tags={**identity, **trial_tags(cfg, swept_keys)},
+                                        resume_run_id=resumed and resumed.run_id)
+                if tracking.uses_mlflow(cfg) else contextlib.nullcontext())
+        with phase("trainer"):
+            trainer = build_trainer(cfg, mlflow_run, callbacks=timing.clock_callbacks())
         if resumed:
             log.info("resuming run %s from %s", resumed.run_id, resumed.checkpoint)
-        metrics, best = fit(trainer, task, datamodule, resumed and resumed.checkpoint)
-        trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=True)
+        with phase("fit"):
+            metrics, best = fit(trainer, task, datamodule, resumed and resumed.checkpoint)
+        with phase("test"):
+            trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=True)
         metrics.update(metrics_of(trainer))
         # What a multi-objective search may minimise beside its error.
         metrics["model/params"] = parameter_count(task.model)
-        metrics["model/latency_ms"] = inference_latency_ms(task, datamodule)
+        with phase("latency"):
+            metrics["model/latency_ms"] = inference_latency_ms(task, datamodule)
         if mlflow_run is not None:
             import mlflow
 
-            mlflow.log_metrics({key: metrics[key] for key in ("model/params", "model/latency_ms")})
-            log_trained_model(mlflow_run, task, datamodule)
-            tracking.log_generated_files(mlflow_run.info.run_id, "plots",
-                                         functools.partial(task.plots, datamodule, cfg.viz))
-            tracking.log_generated_files(mlflow_run.info.run_id, "evaluation",
-                                         functools.partial(evaluation_files, task, datamodule))
+            with phase("model export"):
+                mlflow.log_metrics({key: metrics[key] for key in ("model/params", "model/latency_ms")})
+                log_trained_model(mlflow_run, task, datamodule)
+            with phase("plots"):
+                tracking.log_generated_files(mlflow_run.info.run_id, "plots",
+                                             functools.partial(task.plots, datamodule, cfg.viz))
+            with phase("evaluation"):
+                tracking.log_generated_files(mlflow_run.info.run_id, "evaluation",
+                                             functools.partial(evaluation_files, task, datamodule))
             log.info("MLflow run %s (%s) in %s", mlflow_run.info.run_id, run_name, cfg.logger.tracking_uri)
+        body_done = time.time()
+    timing.phases.append(("tracking end", body_done, time.time()))
+    timing.write()
 
     summary = "  ".join(f"{key}={value:.4f}" for key, value in sorted(metrics.items()) if key.startswith("test/"))
     ranked_by = objective(cfg)[0]

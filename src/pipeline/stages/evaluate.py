@@ -5,7 +5,7 @@ import shutil
 from omegaconf import DictConfig
 
 from pipeline import tracking
-from pipeline.cli import run_stage
+from pipeline.cli import as_main_process, run_stage
 from pipeline.stages.outputs import CHECKPOINT, DETAILS, METRICS, load_prepared, pipeline_run_continued, write_json
 from pipeline.train import build_data, build_task, build_trainer, metrics_of, start
 
@@ -31,4 +31,4 @@ def evaluate(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(evaluate)
+    as_main_process(run_stage, evaluate)

@@ -2,7 +2,7 @@
 seed, and save the splits as one tensor file, so later stages never read the raw files again."""
 from omegaconf import DictConfig
 
-from pipeline.cli import run_stage
+from pipeline.cli import as_main_process, run_stage
 from pipeline.stages.outputs import PREPARED, save_torch
 from pipeline.train import build_data, start
 
@@ -18,4 +18,4 @@ def prepare(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(prepare)
+    as_main_process(run_stage, prepare)

@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from pipeline import resume, tracking, transfer
-from pipeline.cli import run_stage
+from pipeline.cli import as_main_process, run_stage
 from pipeline.data.download import md5_of
 from pipeline.history import EpochHistory, HistoryInCheckpoints
 from pipeline.stages.outputs import (CHECKPOINT, HISTORY, PREPARED, RUN, load_prepared, load_weights,
@@ -93,4 +93,4 @@ def train(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(train)
+    as_main_process(run_stage, train)

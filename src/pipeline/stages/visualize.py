@@ -6,7 +6,7 @@ import shutil
 from omegaconf import DictConfig
 
 from pipeline import tracking
-from pipeline.cli import run_stage
+from pipeline.cli import as_main_process, run_stage
 from pipeline.history import read_history
 from pipeline.stages.outputs import HISTORY, PLOTS, load_prepared, load_weights, pipeline_run_continued
 from pipeline.train import build_data, build_task, start
@@ -29,4 +29,4 @@ def visualize(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(visualize)
+    as_main_process(run_stage, visualize)

@@ -16,6 +16,7 @@ from torchmetrics import MaxMetric, MeanMetric, MinMetric
 from pipeline.errors import ConfigError
 
 STAGES = ("train_", "val_", "test_")  # ModuleDict keys can't be "train" (a Module attribute): hence the underscore
+EVALUATED = STAGES[1:]  # the stages whose metrics are torchmetrics objects; training values are summed by hand
 
 
 class Task(pl.LightningModule):
@@ -35,7 +36,8 @@ class Task(pl.LightningModule):
         self.monitor, self.mode = monitor, mode
         self.log_every_step = log_every_step
         self.check_best(monitor, mode)
-        self.mean_loss = nn.ModuleDict({stage: MeanMetric() for stage in STAGES})
+        self.mean_loss = nn.ModuleDict({stage: MeanMetric() for stage in EVALUATED})
+        self.epoch_sums: dict[str, list] = {}  # this epoch's training values so far (see add_to_epoch_mean)
         # The best epoch so far; persistent, so it is in checkpoints and a resumed run remembers it.
         self.val_best = nn.ModuleDict({key.removeprefix("val/"): MaxMetric() if direction == "max" else MinMetric()
                                        for key, direction in self.best_of.items()})
@@ -116,10 +118,28 @@ class Task(pl.LightningModule):
     def log_loss(self, stage: str, loss: torch.Tensor, count: int, prog_bar: bool = True) -> None:
         """`<stage>/loss`, the epoch's mean over examples (batches weighted by their `count`), and with
         log_every_step each training step's as train/loss_step."""
+        if stage == "train":
+            self.add_to_epoch_mean("train/loss", loss, count, prog_bar)
+            if self.log_every_step:
+                self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+            return
         self.mean_loss[stage + "_"](loss, weight=count)
         self.log(f"{stage}/loss", self.mean_loss[stage + "_"], on_step=False, on_epoch=True, prog_bar=prog_bar)
-        if self.log_every_step and stage == "train":
-            self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+
+    def add_to_epoch_mean(self, key: str, value, count: int = 1, prog_bar: bool = False) -> None:
+        """A training step's value (the mean over its `count` examples), logged once, at the epoch's end, as the
+        epoch's mean over examples. Summed here, a tensor on its own device (no host sync per step): a self.log or
+        a torchmetrics update per step costs a small model a tenth of its step (benchmarks/throughput.py)."""
+        if isinstance(value, torch.Tensor):
+            value = value.detach().float()
+        entry = self.epoch_sums.setdefault(key, [0.0, 0, prog_bar])
+        entry[0] = entry[0] + value * count
+        entry[1] += count
+
+    def on_train_epoch_end(self) -> None:
+        for key, (total, count, prog_bar) in self.epoch_sums.items():
+            self.log(key, total / count, prog_bar=prog_bar, sync_dist=True)
+        self.epoch_sums = {}
 
 
 class ImageTask(Task):

@@ -9,7 +9,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from pipeline.checks import model_name
 from pipeline.errors import ConfigError
-from pipeline.tasks.base import STAGES, Task
+from pipeline.tasks.base import EVALUATED, Task
 from pipeline.tasks.losses import LOSSES
 
 
@@ -54,9 +54,9 @@ class Classifier(Task):
         self.label_smoothing = label_smoothing
         # Filled from the training split's class counts in setup(); a buffer, so it moves with the model.
         self.register_buffer("class_weight", None, persistent=False)
-        self.acc = nn.ModuleDict({stage: MulticlassAccuracy(num_classes, average="micro") for stage in STAGES})
-        # Not on train: a per-step F1 update would cost time for a number nobody reads.
-        self.f1 = nn.ModuleDict({stage: MulticlassF1Score(num_classes, average="macro") for stage in ("val_", "test_")})
+        self.acc = nn.ModuleDict({stage: MulticlassAccuracy(num_classes, average="micro") for stage in EVALUATED})
+        self.f1 = nn.ModuleDict({stage: MulticlassF1Score(num_classes, average="macro") for stage in EVALUATED})
+        self.test_predicted: list[torch.Tensor] = []  # the last test run's predicted classes, batch by batch
 
     def val_metric(self, key: str):
         return {"val/acc": self.acc["val_"], "val/f1_macro": self.f1["val_"]}[key]
@@ -67,12 +67,16 @@ class Classifier(Task):
             x = x.contiguous(memory_format=torch.channels_last)
         logits = self.model(x)
         loss = self.loss(logits, y)
-        self.acc[stage + "_"](logits, y)
         self.log_loss(stage, loss, len(y), prog_bar=stage != "train")
+        if stage == "train":  # no F1: a per-step update would cost time for a number nobody reads
+            self.add_to_epoch_mean("train/acc", (logits.argmax(dim=-1) == y).float().mean(), len(y), prog_bar=True)
+            return loss
+        if stage == "test":
+            self.test_predicted.append(logits.argmax(dim=-1).cpu())
+        self.acc[stage + "_"](logits, y)
         self.log(f"{stage}/acc", self.acc[stage + "_"], on_step=False, on_epoch=True, prog_bar=True)
-        if stage != "train":
-            self.f1[stage + "_"](logits, y)
-            self.log(f"{stage}/f1_macro", self.f1[stage + "_"], on_step=False, on_epoch=True)
+        self.f1[stage + "_"](logits, y)
+        self.log(f"{stage}/f1_macro", self.f1[stage + "_"], on_step=False, on_epoch=True)
         return loss
 
     def loss(self, logits, y):
@@ -83,6 +87,23 @@ class Classifier(Task):
         weights = getattr(self.trainer.datamodule, "class_weights", None)
         if weights is not None and self.class_weight is None:
             self.class_weight = weights()
+
+    def on_test_epoch_start(self) -> None:
+        self.test_predicted = []
+
+    def test_predictions(self, datamodule) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The test split's inputs, labels and predicted classes: the test run's own predictions when it has just
+        run (the same weights and precision as test/acc; a CIFAR-10 test split costs seconds to predict again),
+        else predicted now."""
+        from pipeline.viz.classification import predict
+
+        batches = datamodule.test_dataloader()
+        if self.test_predicted:
+            inputs, labels = (torch.cat(parts) for parts in zip(*batches))
+            predictions = torch.cat(self.test_predicted)
+            if len(predictions) == len(labels):
+                return inputs, labels, predictions
+        return predict(self.model, batches)
 
     @torch.no_grad()
     def predict_step(self, batch, batch_idx):
@@ -110,11 +131,11 @@ class Classifier(Task):
         example `viz.example`; for image inputs explanations (saliency, integrated gradients, Grad-CAM) of four
         test images from there, with the deletion test and sanity check on 300 test images (explanations.json);
         for points in the plane (the toy sets) the decision regions (decision_regions.png)."""
-        from pipeline.viz.classification import classification_plots, predict
+        from pipeline.viz.classification import classification_plots
         from pipeline.viz.explanations import explanation_files
         from pipeline.viz.network import network_plots
 
-        images, labels, predictions = predict(self.model, datamodule.test_dataloader())
+        images, labels, predictions = self.test_predictions(datamodule)
         paths = classification_plots(images, labels, predictions, datamodule.class_names, folder, viz.dpi)
         index = min(viz.example, len(images) - 1)
         paths += network_plots(self.model, images[index], folder, viz.max_channels, viz.dpi)
@@ -142,9 +163,8 @@ class Classifier(Task):
         (predictions.csv: the data of DVC's confusion-matrix plot); for points in the plane the decision regions'
         grid (decision_regions.npz: what a sweep's parent draws its runs side by side from)."""
         from pipeline.tasks.classify_report import per_class, write_predictions
-        from pipeline.viz.classification import predict
 
-        inputs, labels, predictions = predict(self.model, datamodule.test_dataloader())
+        inputs, labels, predictions = self.test_predictions(datamodule)
         names = datamodule.class_names
         files = [write_predictions(folder / "predictions.csv", labels, predictions, names)]
         regions = self.decision_regions(inputs, labels, names)

@@ -107,7 +107,7 @@ class DeepQLearning(ReinforcementTask):
         if len(self.buffer) < max(self.warmup_steps, self.batch_size) or int(self.env_steps) % self.train_every:
             return None  # no gradient step: Lightning skips the optimizer
         loss = self.td_loss(*self.buffer.sample(self.batch_size, self.device))
-        self.add_loss(loss, self.batch_size)
+        self.log_loss("train", loss, self.batch_size)
         return loss
 
     def td_loss(self, observations, actions, rewards, following, terminated) -> torch.Tensor:

@@ -74,6 +74,6 @@ class Reinforce(ReinforcementTask):
         advantage = (returns - returns.mean()) / (returns.std(correction=0) + 1e-8)
         entropy = policy.entropy().mean()
         loss = -(policy.log_prob(actions) * advantage).mean() - self.entropy_weight * entropy
-        self.add_loss(loss, len(actions))
+        self.log_loss("train", loss, len(actions))
         self.add_to_epoch_mean("train/entropy", entropy.item(), len(actions))
         return loss

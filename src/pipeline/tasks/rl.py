@@ -73,7 +73,6 @@ class ReinforcementTask(Task):
         self.episode_epochs: list[int] = []
         self.val_returns: list[tuple[int, float]] = []  # (training episodes so far, greedy validation return)
         self.register_buffer("env_steps", torch.zeros((), dtype=torch.long))  # in checkpoints: resume goes on
-        self.sums: dict[str, list[float]] = {}  # per-step values of this epoch (see add_to_epoch_mean)
 
     # --- what the pipeline asks of the task ---------------------------------------------------------------
     @classmethod
@@ -127,23 +126,8 @@ class ReinforcementTask(Task):
             self.running_return = 0.0
         return self.observation
 
-    def add_to_epoch_mean(self, key: str, value: float, count: int = 1) -> None:
-        """A per-step value logged as its epoch's mean: summed here, logged once per epoch (self.log costs more
-        than a whole environment step)."""
-        total = self.sums.setdefault(key, [0.0, 0])
-        total[0] += value * count
-        total[1] += count
-
-    def add_loss(self, loss: torch.Tensor, count: int) -> None:
-        """train/loss, the epoch's mean over `count`-weighted steps; with log_every_step each step's too."""
-        self.add_to_epoch_mean("train/loss", loss.item(), count)
-        if self.log_every_step:
-            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
-
     def on_train_epoch_end(self) -> None:
-        for key, (total, count) in self.sums.items():
-            self.log(key, total / count, prog_bar=key == "train/loss")
-        self.sums = {}
+        super().on_train_epoch_end()
         finished = [value for value, epoch in zip(self.episode_returns, self.episode_epochs)
                     if epoch == self.current_epoch]
         self.log("train/episodes", float(len(finished)))

@@ -1,0 +1,58 @@
+"""What a sweep costs against its runs: a 4-job sweep of the default run, sequential and with the joblib launcher,
+against the same four runs as separate `python run.py` commands, all in this one session.
+
+    python benchmarks/sweeps.py            # 4 jobs of the default digits run (optimizer.lr swept)
+    python benchmarks/sweeps.py --quick    # 2 jobs of 2 epochs: checks the benchmark runs
+
+Prints each command's wall time and two ratios. Targets (issue 15): sweep / sum of its runs ≤ 1.1 (a sweep may cost
+no more than its runs one by one: it pays start-up once, and its parent run and report little); sequential sweep /
+joblib sweep ≥ 1.6 on 2 cores (the launcher gives each of its n_jobs processes cores / n_jobs torch threads).
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RATES = ["0.001", "0.002", "0.003", "0.004"]
+
+
+def timed(arguments: list[str], folder: Path, name: str) -> float:
+    env = {**os.environ, "PIPELINE_ROOT": str(folder)}
+    command = [sys.executable, "run.py", *arguments, f"hydra.run.dir={folder}/{name}",
+               f"hydra.sweep.dir={folder}/{name}"]
+    start = time.time()
+    result = subprocess.run(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(arguments)} failed:\n{result.stderr[-3000:]}")
+    return time.time() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 jobs of 2 epochs")
+    parser.add_argument("overrides", nargs="*", help="run.py overrides for every job (after --)")
+    args = parser.parse_args()
+    rates = RATES[:2] if args.quick else RATES
+    common = args.overrides + (["trainer.max_epochs=2"] if args.quick else [])
+    print(f"load average {open('/proc/loadavg').read().split()[0]}, {os.cpu_count()} CPUs, {len(rates)} jobs of "
+          f"run.py {' '.join(common) or '(defaults)'}, optimizer.lr swept")
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        timed([*common, "trainer.max_epochs=1"], folder, "first")  # creates the MLflow store, as a first run did
+        runs = [timed([*common, f"optimizer.lr={rate}"], folder, f"run-{rate}") for rate in rates]
+        swept = ["-m", *common, f"optimizer.lr={','.join(rates)}"]
+        sequential = timed(swept, folder, "sweep")
+        parallel = timed([*swept, "hydra/launcher=joblib"], folder, "joblib")
+    total = sum(runs)
+    print(f"runs one by one: {' + '.join(f'{seconds:.1f}' for seconds in runs)} = {total:.1f} s")
+    print(f"sweep (basic launcher): {sequential:.1f} s; sweep / sum of runs {sequential / total:.2f} (target ≤ 1.1)")
+    print(f"sweep (joblib launcher): {parallel:.1f} s; sequential / joblib {sequential / parallel:.2f} "
+          f"(target ≥ 1.6 on 2 cores)")
+
+
+if __name__ == "__main__":
+    main()

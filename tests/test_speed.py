@@ -1,0 +1,124 @@
+"""What makes small runs cheap (issue 15) still gives the same numbers: training values summed on the device and
+logged once per epoch, a progress bar redrawn by the clock, the test run's predictions reused by the plots, the
+cores shared out among a parallel sweep's jobs, and the run's own clock (PIPELINE_TIMINGS)."""
+import json
+import subprocess
+import sys
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from pytorch_lightning.callbacks import RichProgressBar
+
+from conftest import CONF, ROOT
+from pipeline import train
+from pipeline.progress import ProgressBar
+
+QUIET = ["logger=none", "callbacks=none", "threads=1", "+trainer.enable_progress_bar=false"]
+
+
+def built(compose_config, *overrides):
+    cfg = compose_config(*QUIET, *overrides)
+    train.start(cfg)
+    datamodule = train.build_data(cfg)
+    return cfg, datamodule, train.build_task(cfg, datamodule)
+
+
+def test_the_epoch_means_of_training_values_are_the_means_over_every_example(compose_config):
+    # lr=1e-30: the weights never move (float32 cannot hold the change), so the epoch's train/loss and train/acc must be the loss and accuracy of the
+    # fixed model on every training example, however the batches fell (the last one is smaller).
+    cfg, datamodule, task = built(compose_config, "model=linear", "optimizer=sgd", "optimizer.lr=1e-30",
+                                  "trainer.max_epochs=1", "data.batch_size=100")
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         limit_val_batches=0, enable_model_summary=False)
+    trainer.fit(task, datamodule=datamodule)
+    x, y = datamodule.splits["train"]
+    assert len(y) % 100 != 0  # the uneven last batch is part of the check
+    with torch.no_grad():
+        logits = task.model(x)
+    expected_loss = float(torch.nn.functional.cross_entropy(logits, y))
+    expected_acc = float((logits.argmax(-1) == y).float().mean())
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(expected_loss, rel=1e-5)
+    assert float(trainer.callback_metrics["train/acc"]) == pytest.approx(expected_acc, abs=1e-6)
+    assert task.epoch_sums == {}  # emptied for the next epoch
+
+
+@pytest.mark.parametrize("interval, redraws", [(3600.0, "epochs"), (0.0, "steps")])
+def test_the_progress_bar_redraws_by_the_clock_and_after_each_epochs_last_batch(compose_config, monkeypatch,
+                                                                                 interval, redraws):
+    cfg, datamodule, task = built(compose_config, "trainer.max_epochs=2")
+    calls = []
+    original = RichProgressBar.on_train_batch_end
+    monkeypatch.setattr(RichProgressBar, "on_train_batch_end",
+                        lambda self, *args: calls.append(args[-1]) or original(self, *args))
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                         callbacks=[ProgressBar(interval=interval)], limit_val_batches=0)
+    trainer.fit(task, datamodule=datamodule)
+    batches = len(datamodule.train_dataloader())
+    if redraws == "epochs":  # an hour between redraws: the first batch, then each epoch's last (the bar ends full)
+        assert calls == [0, batches - 1, batches - 1]
+    else:
+        assert calls == list(range(batches)) * 2
+
+
+def test_plots_and_evaluation_reuse_the_test_runs_predictions(compose_config, tmp_path):
+    cfg, datamodule, task = built(compose_config, "trainer.max_epochs=1")
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(task, datamodule=datamodule)
+    trainer.test(task, datamodule=datamodule, verbose=False)
+    inputs, labels, predictions = task.test_predictions(datamodule)
+    x, y = datamodule.splits["test"]
+    assert torch.equal(inputs, x) and torch.equal(labels, y)
+    assert float((predictions == labels).float().mean()) == pytest.approx(float(trainer.callback_metrics["test/acc"]))
+
+    def no_second_prediction(*args):
+        raise AssertionError("the test split was predicted again")
+
+    forward = task.model.forward
+    task.model.forward = no_second_prediction
+    extra, files = task.evaluation(datamodule, tmp_path)
+    assert (tmp_path / "predictions.csv").exists() and extra["per_class"]
+    task.model.forward = forward
+    task.test_predicted = []  # no test run (the DVC evaluate stage): predicted now, the same classes
+    assert torch.equal(task.test_predictions(datamodule)[2], predictions)
+
+
+@pytest.mark.parametrize("launcher, expected", [
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], 2),
+    (["hydra/launcher=joblib"], "cores"),  # the launcher's default n_jobs=-1: one job per core
+    ([], 1),
+])
+def test_a_parallel_sweeps_jobs_share_the_cores(launcher, expected):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=launcher, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert train.parallel_jobs() == (train.cores() if expected == "cores" else expected)
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def test_the_runs_own_clock_records_its_phases_and_epochs(run_py, tmp_path):
+    timings = tmp_path / "timings.json"
+    result = run_py("trainer.max_epochs=3", "logger=csv", env={"PIPELINE_TIMINGS": str(timings)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    recorded = json.loads(timings.read_text())
+    names = [name for name, _, _ in recorded["phases"]]
+    for phase in ("config", "data", "model", "trainer", "first step", "fit", "test", "tracking end"):
+        assert phase in names
+    assert all(end >= start for _, start, end in recorded["phases"])
+    assert len(recorded["epochs"]) == 3 + 1  # each epoch's start, and the end of fitting
+    fit = next((start, end) for name, start, end in recorded["phases"] if name == "fit")
+    assert fit[0] <= recorded["epochs"][0] and recorded["epochs"][-1] <= fit[1]
+
+
+def test_the_overhead_benchmark_prints_the_breakdown():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--quick", "--loggers", "csv"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "logger=csv: whole run" in result.stdout and "fixed cost" in result.stdout
+    for phase in ("start-up above the floor", "data", "fit", "test", "exit"):
+        assert phase in result.stdout
