@@ -28,7 +28,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from pipeline.models.building import build_network
-from pipeline.train import build_trainer
+from pipeline.train import build_trainer, trainer_settings
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -63,7 +63,7 @@ def build(cfg):
 
 def time_lightning(cfg, bare: bool) -> float:
     datamodule, task = build(cfg)
-    trainer = instantiate(cfg.trainer, **BARE) if bare else build_trainer(cfg, None)
+    trainer = instantiate(cfg.trainer, **BARE, **trainer_settings(cfg)) if bare else build_trainer(cfg, None)
     start = time.perf_counter()
     trainer.fit(task, datamodule=datamodule)
     return time.perf_counter() - start
@@ -85,7 +85,7 @@ def time_plain_loop(cfg) -> float:
         partial = instantiate(cfg.scheduler)
         one_cycle = partial.func is torch.optim.lr_scheduler.OneCycleLR
         scheduler = partial(optimizer, total_steps=len(batches) * cfg.trainer.max_epochs) if one_cycle else partial(optimizer)
-    bf16 = str(cfg.trainer.get("precision", "32")).startswith("bf16")
+    bf16 = str(trainer_settings(cfg).get("precision", "32")).startswith("bf16")
     # As the Trainer sets it (trainer.deterministic), which otherwise stays set for all later plain runs but the first.
     torch.use_deterministic_algorithms(bool(cfg.trainer.get("deterministic")))
     model.train()

@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from pytorch_lightning.callbacks import RichProgressBar
 
 from conftest import CONF, ROOT
-from pipeline import train
+from pipeline import precision, train
 from pipeline.progress import ProgressBar
 
 QUIET = ["logger=none", "callbacks=none", "threads=1", "+trainer.enable_progress_bar=false"]
@@ -122,3 +122,21 @@ def test_the_overhead_benchmark_prints_the_breakdown():
     assert "logger=csv: whole run" in result.stdout and "fixed cost" in result.stdout
     for phase in ("start-up above the floor", "data", "fit", "test", "exit"):
         assert phase in result.stdout
+
+
+@pytest.mark.parametrize("flags, native", [("fpu avx2 avx512f avx512bw", False), ("fpu avx512f avx512_bf16", True),
+                                            ("fpu amx_bf16 amx_tile", True)])
+def test_native_bf16_is_read_from_the_cpus_flags(tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert precision.cpu_has_native_bf16(cpuinfo) is native
+    assert precision.cpu_has_native_bf16(tmp_path / "absent") is False
+
+
+def test_auto_mixed_trains_in_bf16_only_where_the_cpu_computes_it_natively(compose_config, monkeypatch):
+    cfg = compose_config("experiment=cifar10_cnn", "logger=none", "callbacks=none", "trainer.accelerator=cpu")
+    assert cfg.trainer.precision == precision.AUTO_MIXED
+    for native, expected in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
+        assert train.build_trainer(cfg, None).precision == expected
+    assert precision.resolved("16-mixed", "cpu") == "16-mixed"  # any other value is Lightning's own

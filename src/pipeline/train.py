@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from pipeline import resume, timing, tracking, transfer
 from pipeline.checks import check_config, check_model_fits_data
 from pipeline.objective import objective
+from pipeline.precision import resolved as precision_for
 from pipeline.divergence import StopOnDivergence
 from pipeline.errors import ConfigError
 from pipeline.models.building import build_network, module_layers
@@ -94,10 +95,17 @@ def build_task(cfg: DictConfig, datamodule) -> pl.LightningModule:
     return instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
 
 
+def trainer_settings(cfg: DictConfig) -> dict:
+    """What the trainer config leaves to the machine: trainer.precision=auto-mixed (precision.py)."""
+    precision = cfg.trainer.get("precision")
+    return {} if precision is None else {"precision": precision_for(precision, cfg.trainer.get("accelerator", "auto"))}
+
+
 def build_trainer(cfg: DictConfig, mlflow_run, loggers=(), callbacks=()) -> pl.Trainer:
     logger = build_logger(cfg, mlflow_run)
     all_loggers = ([logger] if logger else []) + list(loggers)
-    return instantiate(cfg.trainer, logger=all_loggers or False, callbacks=build_callbacks(cfg) + list(callbacks))
+    return instantiate(cfg.trainer, logger=all_loggers or False, callbacks=build_callbacks(cfg) + list(callbacks),
+                       **trainer_settings(cfg))
 
 
 def cores() -> int:
