@@ -6,8 +6,10 @@ process, each epoch with its validation pass.
     python benchmarks/throughput.py --tiny    # seconds, offline (data=digits): checks the benchmark still runs
 
 - plain: what a student writes, the same objects driven by hand (train, then evaluate the validation split);
-- bare lightning: Trainer.fit of the same task with no logger, no callbacks, no progress bar, no checkpoint;
-- pipeline: the trainer as `python run.py` builds it (train.build_trainer: the callbacks group with its progress bar
+- bare lightning: Trainer.fit of the same task with no logger, no callbacks, no progress bar, no checkpoint, and
+  Lightning's automatic optimisation;
+- pipeline: the task as `python run.py` builds it (its own optimizer steps: Task.step_by_hand) and the trainer as
+  run.py builds it (train.build_trainer: the callbacks group with its progress bar
   and best checkpoint, the last checkpoint, the divergence check; a CSV logger instead of MLflow's, whose per-epoch
   writes are not the per-step cost measured here).
 Prints images/s and seconds per epoch for each and the ratios to plain (1.0 = no overhead). Targets (issue 15): pipeline
@@ -50,19 +52,22 @@ LOOPS = ("plain", "bare lightning", "pipeline")
 BARE = dict(logger=False, callbacks=[], enable_progress_bar=False, enable_checkpointing=False)
 
 
-def build(cfg):
-    """Fresh, identically seeded objects for one measurement."""
+def build(cfg, by_hand: bool = False):
+    """Fresh, identically seeded objects for one measurement (by_hand: the task takes its own optimizer steps, as
+    the pipeline's tasks do; otherwise Lightning's automatic optimisation, a bare Lightning loop's)."""
     pl.seed_everything(cfg.seed, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     model = build_network(cfg.model)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     task = instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
+    if by_hand:
+        task.step_by_hand(cfg.trainer)
     return datamodule, task
 
 
 def time_lightning(cfg, bare: bool) -> float:
-    datamodule, task = build(cfg)
+    datamodule, task = build(cfg, by_hand=not bare)
     trainer = instantiate(cfg.trainer, **BARE, **trainer_settings(cfg)) if bare else build_trainer(cfg, None)
     start = time.perf_counter()
     trainer.fit(task, datamodule=datamodule)

@@ -45,6 +45,37 @@ def test_the_epoch_means_of_training_values_are_the_means_over_every_example(com
     assert task.epoch_sums == {}  # emptied for the next epoch
 
 
+@pytest.mark.parametrize("scheduler", ["step", "onecycle"])  # stepped per epoch, per batch
+def test_the_tasks_own_optimizer_steps_train_exactly_as_lightnings_automatic_ones(compose_config, scheduler):
+    overrides = ["model=mlp", "model.hidden=[16]", f"scheduler={scheduler}", "scheduler.step_size=1"
+                 if scheduler == "step" else "scheduler.pct_start=0.5", "trainer.max_epochs=3"]
+    trained = {}
+    for how, clip in (("by hand", 0.05), ("automatic", 0.05), ("automatic", None)):
+        cfg, datamodule, task = built(compose_config, *overrides, f"trainer.gradient_clip_val={clip or 'null'}")
+        if how == "by hand":
+            assert not task.automatic_optimization and task.gradient_clip == (0.05, "norm")
+            trainer = train.build_trainer(cfg, None)  # which leaves the clipping to the task
+            assert trainer.gradient_clip_val is None
+        else:
+            task.automatic_optimization = True
+            trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                 enable_model_summary=False, deterministic=True, gradient_clip_val=clip)
+        trainer.fit(task, datamodule=datamodule)
+        trained[how, clip] = ([p.detach().clone() for p in task.model.parameters()],
+                              trainer.optimizers[0].param_groups[0]["lr"], trainer.global_step)
+    (by_hand, lr, steps), (automatic, lr_automatic, steps_automatic) = trained["by hand", 0.05], trained["automatic", 0.05]
+    assert steps == steps_automatic and lr == lr_automatic and lr != cfg.optimizer.lr  # the schedule moved
+    assert all(torch.equal(mine, theirs) for mine, theirs in zip(by_hand, automatic))
+    unclipped = trained["automatic", None][0]
+    assert not all(torch.equal(mine, theirs) for mine, theirs in zip(by_hand, unclipped))  # the clipping mattered
+
+
+def test_gradient_accumulation_leaves_the_steps_to_lightning(compose_config):
+    cfg, _, task = built(compose_config, "+trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=1.0")
+    assert task.automatic_optimization and task.gradient_clip is None
+    assert train.build_trainer(cfg, None).gradient_clip_val == 1.0
+
+
 @pytest.mark.parametrize("interval, redraws", [(3600.0, "epochs"), (0.0, "steps")])
 def test_the_progress_bar_redraws_by_the_clock_and_after_each_epochs_last_batch(compose_config, monkeypatch,
                                                                                  interval, redraws):

@@ -20,6 +20,7 @@ from pipeline.precision import resolved as precision_for
 from pipeline.divergence import StopOnDivergence
 from pipeline.errors import ConfigError
 from pipeline.models.building import build_network, module_layers
+from pipeline.tasks.base import steps_by_hand
 from pipeline.timing import phase
 
 log = logging.getLogger(__name__)
@@ -92,13 +93,19 @@ def build_task(cfg: DictConfig, datamodule) -> pl.LightningModule:
     model = build_network(cfg.model, module_layers(cfg))
     check_model_fits_data(model, cfg, example=datamodule.example_inputs())
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    return instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
+    task = instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
+    task.step_by_hand(cfg.trainer)
+    return task
 
 
 def trainer_settings(cfg: DictConfig) -> dict:
-    """What the trainer config leaves to the machine: trainer.precision=auto-mixed (precision.py)."""
+    """What the trainer config leaves to the machine (trainer.precision=auto-mixed: precision.py) and to the task
+    (gradient clipping, when the task takes its own optimizer steps: Task.step_by_hand)."""
+    settings = {"gradient_clip_val": None, "gradient_clip_algorithm": None} if steps_by_hand(cfg.trainer) else {}
     precision = cfg.trainer.get("precision")
-    return {} if precision is None else {"precision": precision_for(precision, cfg.trainer.get("accelerator", "auto"))}
+    if precision is not None:
+        settings["precision"] = precision_for(precision, cfg.trainer.get("accelerator", "auto"))
+    return settings
 
 
 def build_trainer(cfg: DictConfig, mlflow_run, loggers=(), callbacks=()) -> pl.Trainer:

@@ -38,6 +38,7 @@ class Task(pl.LightningModule):
         self.check_best(monitor, mode)
         self.mean_loss = nn.ModuleDict({stage: MeanMetric() for stage in EVALUATED})
         self.epoch_sums: dict[str, list] = {}  # this epoch's training values so far (see add_to_epoch_mean)
+        self.gradient_clip: tuple[float, str] | None = None  # (value, "norm" or "value"): see step_by_hand
         # The best epoch so far; persistent, so it is in checkpoints and a resumed run remembers it.
         self.val_best = nn.ModuleDict({key.removeprefix("val/"): MaxMetric() if direction == "max" else MinMetric()
                                        for key, direction in self.best_of.items()})
@@ -103,8 +104,42 @@ class Task(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer),
                                                           "interval": "epoch"}}
 
+    def step_by_hand(self, trainer: DictConfig) -> None:
+        """Take the optimizer steps in training_step (Lightning's manual optimisation) rather than through
+        Lightning's closure, whose per-step hooks cost a small model a sixth of its step (benchmarks/throughput.py).
+        The trainer config's gradient clipping moves here, as Lightning refuses it under manual optimisation;
+        gradient accumulation (trainer.accumulate_grad_batches > 1) stays with Lightning's automatic optimisation."""
+        if not steps_by_hand(trainer):
+            return
+        self.automatic_optimization = False
+        if trainer.get("gradient_clip_val"):
+            self.gradient_clip = (float(trainer.gradient_clip_val), trainer.get("gradient_clip_algorithm") or "norm")
+
     def training_step(self, batch, batch_idx):
+        loss = self.training_loss(batch, batch_idx)
+        if loss is not None and not self.automatic_optimization:
+            optimizer = self.optimizers()
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()  # clips first, in on_before_optimizer_step, where Lightning would
+            self.step_schedulers("step")
+        return loss
+
+    def step_schedulers(self, interval: str) -> None:
+        """Under manual optimisation, step the schedules whose interval is `interval` ("step" or "epoch")."""
+        for config in self.trainer.lr_scheduler_configs:
+            if config.interval == interval:
+                config.scheduler.step()
+
+    def training_loss(self, batch, batch_idx) -> torch.Tensor | None:
+        """This batch's loss (None: no gradient step this time)."""
         return self._step(batch, "train")
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # After the divergence check and, under 16-mixed, after the gradients are unscaled: as Lightning clips.
+        if self.gradient_clip and not self.automatic_optimization:
+            value, algorithm = self.gradient_clip
+            self.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=algorithm)
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
@@ -140,6 +175,13 @@ class Task(pl.LightningModule):
         for key, (total, count, prog_bar) in self.epoch_sums.items():
             self.log(key, total / count, prog_bar=prog_bar, sync_dist=True)
         self.epoch_sums = {}
+        if not self.automatic_optimization:
+            self.step_schedulers("epoch")  # where Lightning steps them: after the epoch's validation pass
+
+
+def steps_by_hand(trainer: DictConfig) -> bool:
+    """Whether the tasks take their own optimizer steps under this trainer config (Task.step_by_hand)."""
+    return (trainer.get("accumulate_grad_batches") or 1) <= 1
 
 
 class ImageTask(Task):

@@ -99,13 +99,13 @@ class DeepQLearning(ReinforcementTask):
         self.model.train(was_training)
         return int(scores.argmax(1))
 
-    def training_step(self, batch, batch_idx):
+    def training_loss(self, batch, batch_idx):
         self.add_to_epoch_mean("train/epsilon", self.epsilon())
         action = self.choose_action(self.current_observation())
         observation, following, reward, terminated, _ = self.act(action)
         self.buffer.add(observation, action, reward, following, terminated)
         if len(self.buffer) < max(self.warmup_steps, self.batch_size) or int(self.env_steps) % self.train_every:
-            return None  # no gradient step: Lightning skips the optimizer
+            return None  # no gradient step this time
         loss = self.td_loss(*self.buffer.sample(self.batch_size, self.device))
         self.log_loss("train", loss, self.batch_size)
         return loss

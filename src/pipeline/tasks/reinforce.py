@@ -51,7 +51,7 @@ class Reinforce(ReinforcementTask):
         self.model.train(was_training)
         return int(torch.distributions.Categorical(logits=logits).sample())
 
-    def training_step(self, batch, batch_idx):
+    def training_loss(self, batch, batch_idx):
         observation = self.current_observation()
         action = self.sample_action(observation)
         _, _, reward, _, ended = self.act(action)
