@@ -34,6 +34,7 @@ TRAINERS, LOGGERS, CALLBACKS = options("trainer"), options("logger"), options("c
 OFFLINE_DATA = ["digits", "moons", "spirals", "xor"]  # no files needed; image sets are tested in test_images.py
 IMAGE_DATA = {"digits", "mnist", "fashion_mnist", "cifar10"}
 VECTOR_MODELS = {"linear", "mlp"}  # flatten any float input; the image models need (channels, height, width)
+LARGE_IMAGE_MODELS = {"whitened_cnn"}  # three pools after a 2x2 conv: images of at least 9x9, not the 8x8 digits
 SEQUENCE_DATA, SEQUENCE_MODELS = {"chars"}, {"rnn", "lstm", "gru"}  # token ids; tested on files in test_chars.py
 WORD_DATA = {"text"}  # a stream of words for word2vec (task=embed); no classifier reads it; tested in test_text.py
 ENVIRONMENT_DATA = {"cartpole", "acrobot"}  # gymnasium environments for task=dqn, reinforce; in test_rl.py
@@ -42,6 +43,8 @@ ENVIRONMENT_DATA = {"cartpole", "acrobot"}  # gymnasium environments for task=dq
 def compatible(data: str, model: str) -> bool:
     if data in SEQUENCE_DATA or model in SEQUENCE_MODELS:
         return data in SEQUENCE_DATA and model in SEQUENCE_MODELS
+    if model in LARGE_IMAGE_MODELS:
+        return data in IMAGE_DATA - {"digits"}
     return model in VECTOR_MODELS or data in IMAGE_DATA
 
 

@@ -92,6 +92,8 @@ def build_task(cfg: DictConfig, datamodule) -> pl.LightningModule:
     """The model the config names, checked against the data, wrapped in its training task."""
     model = build_network(cfg.model, module_layers(cfg))
     check_model_fits_data(model, cfg, example=datamodule.example_inputs())
+    if hasattr(model, "initialise_from_data"):  # weights computed from the data, not learned (models/whitened.py)
+        model.initialise_from_data(datamodule.splits["train"][0])
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     task = instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
     task.step_by_hand(cfg.trainer)

@@ -1,0 +1,107 @@
+"""The fast CIFAR-10 recipe (experiment=cifar10_cnn, issue 15): the whitening layer fitted from the data, the
+test-time views, and the moving average of the weights that validation, the best checkpoint and the test use."""
+import pytest
+import torch
+
+from pipeline import train
+from pipeline.models.whitened import WhitenedCNN
+from test_images import write_cifar
+
+
+def correlated_images(count: int = 200) -> torch.Tensor:
+    """Smooth images: neighbouring pixels and the three channels strongly correlated, as in photographs."""
+    generator = torch.Generator().manual_seed(0)
+    coarse = torch.randn(count, 1, 8, 8, generator=generator)
+    smooth = torch.nn.functional.interpolate(coarse, size=32, mode="bilinear", align_corners=False)
+    return smooth.repeat(1, 3, 1, 1) + 0.1 * torch.randn(count, 3, 32, 32, generator=generator)
+
+
+def test_the_whitening_filters_decorrelate_the_training_patches_and_are_not_learned():
+    model = WhitenedCNN([3, 32, 32], 10, widths=[8, 16, 16])
+    images = correlated_images()
+    model.initialise_from_data(images)
+    with torch.no_grad():
+        responses = torch.nn.functional.conv2d(images, model.whiten.weight[:12])  # the filters without their bias
+    flat = responses.permute(0, 2, 3, 1).reshape(-1, 12)
+    covariance = flat.T @ flat / len(flat)
+    assert torch.allclose(covariance, torch.eye(12), atol=0.05)  # unit variance, uncorrelated
+    assert torch.equal(model.whiten.weight[12:], -model.whiten.weight[:12])
+
+    filters, bias = model.whiten.weight.clone(), model.whiten.bias.clone()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    torch.nn.functional.cross_entropy(model(images[:16]), torch.arange(16) % 10).backward()
+    optimizer.step()
+    assert torch.equal(model.whiten.weight, filters) and not torch.equal(model.whiten.bias, bias)
+
+
+def test_test_time_views_average_the_mirrored_and_shifted_images_in_eval_mode_only():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    model = WhitenedCNN([3, 32, 32], 10, widths=[8, 16, 16], test_time_views=6).eval()
+    one = model.logits
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = [padded[:, :, :32, :32], padded[:, :, 2:, 2:]]
+    expected = (one(x) + one(x.flip(3))) / 4 + sum(one(view) + one(view.flip(3)) for view in shifted) / 8
+    assert torch.allclose(model(x), expected, atol=1e-6)
+    model.test_time_views = 2
+    assert torch.allclose(model(x), model(x.flip(3)), atol=1e-6)  # a mirrored image gets the same answer
+    assert torch.allclose(model.train()(x), one(x))  # training sees the image as it is
+
+
+def test_a_wrong_number_of_views_is_one_clear_error():
+    with pytest.raises(ValueError, match=r"model.test_time_views=3 is invalid: must be one of \[1, 2, 6\]"):
+        WhitenedCNN([3, 32, 32], 10, test_time_views=3)
+
+
+def test_the_cifar10_experiment_trains_and_tests_the_weight_average(compose_config, tmp_path):
+    write_cifar(tmp_path / "data" / "cifar-10-batches-py", per_batch=40, test=40)
+    cfg = compose_config("experiment=cifar10_cnn", "logger=none", f"data.root={tmp_path}/data",
+                         f"data.cache_dir={tmp_path}/cache", "data.download=false", "data.batch_size=32",
+                         "data.val_fraction=0.2", "model.widths=[8,16,16]", "trainer.max_epochs=3",
+                         "callbacks.weight_average.update_starting_at_epoch=0", "callbacks.weight_average.decay=0.5",
+                         "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", "threads=1")
+    train.start(cfg)
+    datamodule = train.build_data(cfg)
+    task = train.build_task(cfg, datamodule)
+    fitted = task.model.whiten.weight.clone()
+    task.model.initialise_from_data(datamodule.splits["train"][0])
+    assert torch.equal(task.model.whiten.weight, fitted)  # build_task fitted it from the training images
+    trainer = train.build_trainer(cfg, None)
+    metrics, best = train.fit(trainer, task, datamodule)
+    assert best and "val/acc_best" in metrics
+    trainer.test(task, datamodule=datamodule, ckpt_path="best", verbose=False)
+    checkpoint = torch.load(best, weights_only=False)
+    averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    tested = task.state_dict()
+    differs = [key for key in raw if raw[key].is_floating_point() and not torch.equal(raw[key], averaged[key])]
+    assert differs  # the average is not the last weights...
+    assert all(torch.equal(tested[key], averaged[key]) for key in averaged)  # ...and the test scored the average
+
+
+def test_the_recipe_benchmark_times_whole_commands_and_reads_their_test_accuracy(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    write_cifar(tmp_path / "data" / "cifar-10-batches-py", per_batch=220, test=40)
+    env = {**os.environ, "PIPELINE_DATA_DIR": str(tmp_path / "data"), "PIPELINE_CACHE_DIR": str(tmp_path / "cache"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    result = subprocess.run([sys.executable, "benchmarks/cifar_recipe.py", "--quick", "--rows", "recipe",
+                             "--", "logger=csv"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = [line.split() for line in result.stdout.splitlines() if line.startswith("recipe")]
+    assert float(row[1]) > 0 and 0.0 <= float(row[3]) <= 1.0
+
+
+def test_the_model_yaml_names_exactly_the_networks_arguments():
+    import inspect
+
+    import yaml
+
+    from conftest import CONF
+    from pipeline.models.building import PIPELINE_KEYS
+
+    keys = set(yaml.safe_load((CONF / "model" / "whitened_cnn.yaml").read_text())) - {"_target_", *PIPELINE_KEYS}
+    assert keys == set(inspect.signature(WhitenedCNN).parameters)
