@@ -29,8 +29,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from pipeline.models.building import build_network
-from pipeline.train import build_trainer, trainer_settings
+from pipeline.train import build_data, build_task, build_trainer, trainer_settings
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -52,17 +51,13 @@ LOOPS = ("plain", "bare lightning", "pipeline")
 BARE = dict(logger=False, callbacks=[], enable_progress_bar=False, enable_checkpointing=False)
 
 
-def build(cfg, by_hand: bool = False):
-    """Fresh, identically seeded objects for one measurement (by_hand: the task takes its own optimizer steps, as
-    the pipeline's tasks do; otherwise Lightning's automatic optimisation, a bare Lightning loop's)."""
+def build(cfg, by_hand: bool = True):
+    """Fresh, identically seeded objects for one measurement, built as `python run.py` builds them (by_hand=False:
+    Lightning's automatic optimisation, a bare Lightning loop's, instead of the task's own optimizer steps)."""
     pl.seed_everything(cfg.seed, verbose=False)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("fit")
-    model = build_network(cfg.model)
-    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    task = instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
-    if by_hand:
-        task.step_by_hand(cfg.trainer)
+    datamodule = build_data(cfg)
+    task = build_task(cfg, datamodule)
+    task.automatic_optimization = not by_hand
     return datamodule, task
 
 
@@ -164,7 +159,7 @@ def main() -> None:
                                                    f"paths.output_dir={scratch}/{name}",
                                                    f"trainer.accelerator={accelerator}"])
                 seconds = measure(cfg, args.repeats)
-                images = len(build(cfg)[0].splits["train"][1]) * args.epochs
+                images = len(build_data(cfg).splits["train"][1]) * args.epochs
                 parts = [f"{loop} {images / seconds[loop]:.0f} img/s ({seconds[loop] / args.epochs:.3g} s/epoch)"
                          for loop in LOOPS]
                 label = name if accelerator == "cpu" else f"{name} [gpu]"

@@ -41,7 +41,7 @@ class WhitenedCNN(nn.Module):
         # Fitted from the data (initialise_from_data), never learned; fit_whitening=false: an ordinary, learned conv
         # (what the whitening is worth: benchmarks/cifar_recipe.py).
         self.whiten.weight.requires_grad_(not fit_whitening)
-        self.whitening_images = whitening_images if fit_whitening else 0
+        self.fit_whitening, self.whitening_images = fit_whitening, whitening_images
         layers, width_in = [make_activation(activation)], 2 * patch_numbers
         for width_out in widths:
             norm = (lambda: scale_free_batchnorm(width_out, batchnorm_momentum)) if batchnorm else nn.Identity
@@ -59,7 +59,7 @@ class WhitenedCNN(nn.Module):
         """Set the whitening filters from (the first `whitening_images` of) the normalised training images: the
         eigenvectors of the covariance of all their whitening_size² patches, divided by the square root of their
         eigenvalues, and the same negated. Nothing with fit_whitening=false."""
-        if not self.whitening_images:
+        if not self.fit_whitening:
             return
         size = self.whiten.kernel_size[0]
         images = images[:self.whitening_images].float()
