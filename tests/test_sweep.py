@@ -38,8 +38,9 @@ def test_sweep_makes_a_parent_with_four_named_children_and_a_summary(run_py, tra
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_every_job_is_checked_before_the_first_one_trains(run_py, tracking_uri, tmp_path):
-    result = run_py("-m", "regularization.dropout=0.2,1.5", "trainer.max_epochs=1")
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])  # joblib: checked in its workers (job_checks.py)
+def test_every_job_is_checked_before_the_first_one_trains(run_py, tracking_uri, tmp_path, launcher):
+    result = run_py("-m", "regularization.dropout=0.2,1.5", "trainer.max_epochs=1", f"hydra/launcher={launcher}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: sweep job 1 (regularization.dropout=1.5 trainer.max_epochs=1): regularization.dropout=1.5 is "
@@ -92,3 +93,19 @@ def test_the_tasks_one_declaration_of_best_drives_checkpoint_and_ranking(run_py,
     refused = run_py("task.monitor=val/loss", "task.mode=min")
     assert refused.returncode == 2
     assert "task.monitor=val/loss with task.mode=min" in refused.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("value", ["optimizer.lr,model.hidden", "sqlite:////tmp/a b/mlflow.db", "it's [1, 2]", "a\\b",
+                                   "ends\\", "x\\'y"])
+def test_a_value_handed_to_jobs_reaches_their_composed_config_unchanged(value):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from pipeline.search.job_environment import job_environment
+
+    config = OmegaConf.create({"hydra": {"overrides": {"hydra": ["hydra.verbose=false"]}}})
+    with job_environment(config, {"PIPELINE_TEST_VALUE": value}):
+        (added,) = config.hydra.overrides.hydra[1:]
+        parsed = OverridesParser.create().parse_override(added)
+        assert parsed.key_or_group == "hydra.job.env_set.PIPELINE_TEST_VALUE" and parsed.value() == value
+    assert list(config.hydra.overrides.hydra) == ["hydra.verbose=false"]  # taken back when the sweep ends

@@ -189,7 +189,9 @@ def value_text(value) -> str:
     text = str(value)
     if re.fullmatch(r"[A-Za-z_][\w./-]*", text) and text.lower() not in ("true", "false", "null", "nan", "inf"):
         return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    # Quoted, Hydra reads backslashes literally except before a quote: those, and a quote itself, are escaped.
+    escaped = re.sub(r"(\\*)'", lambda match: match.group(1) * 2 + "\\'", text)
+    return "'" + re.sub(r"(\\+)$", lambda match: match.group(1) * 2, escaped) + "'"
 
 
 def shell_word(override: str) -> str:
@@ -284,26 +286,26 @@ MAX_PANELS = 16
 def decision_region_panels(client, report: Report, folder: Path) -> list[tuple[str, dict]]:
     """(child name, its decision regions) of the first MAX_PANELS finished children that logged them (classifiers
     on the 2-D toy sets); none for any other sweep."""
-    from pipeline.viz.decision_regions import load_regions
-
     panels = []
     for t in report.trials:
         if len(panels) == MAX_PANELS:
             break
         if t.state not in DONE or REGIONS not in {a.path for a in client.list_artifacts(t.run_id, "evaluation")}:
             continue
+        from pipeline.viz.decision_regions import load_regions  # here: it imports torch (~2 s), seldom needed
+
         panels.append((t.name, load_regions(client.download_artifacts(t.run_id, REGIONS, str(folder)))))
     return panels
 
 
 def decision_region_plot(client, report: Report, folder: Path) -> list[Path]:
     """sweep/decision_regions.png: every child's decision regions side by side, when they logged them."""
-    from pipeline.viz.decision_regions import plot_region_panels
-
     with tempfile.TemporaryDirectory() as downloads:
         panels = decision_region_panels(client, report, Path(downloads))
     if not panels:
         return []
+    from pipeline.viz.decision_regions import plot_region_panels
+
     finished = sum(t.state in DONE for t in report.trials)
     shown = f" (the first {MAX_PANELS} of {finished})" if len(panels) == MAX_PANELS < finished else ""
     return [plot_region_panels(panels, folder / "decision_regions.png", f"decision regions of the sweep's runs{shown}")]

@@ -1,11 +1,11 @@
 """A sweep in MLflow: one parent run, a child per job, and, however the sweep ends, a summary on the parent."""
 import math
-import os
 from contextlib import contextmanager
 
 from omegaconf import DictConfig
 
 from pipeline import liveness, tracking
+from pipeline.search.job_environment import job_environment
 
 ENV = (tracking.PARENT_RUN_ENV, tracking.PARENT_RUN_ENV + "_URI", tracking.SWEPT_KEYS_ENV)
 
@@ -21,7 +21,7 @@ class SweepParent:
 @contextmanager
 def sweep_parent_run(config: DictConfig, resume_run_id: str | None = None, tags=None):
     """Create the parent run (or reopen `resume_run_id`, a search continued) and hand its id to the jobs (by
-    environment variable, which joblib workers inherit). When the block ends the parent is summarised
+    environment variable, set in whichever process runs a job: job_environment.py). When the block ends the parent is summarised
     (summarise, below) and ends FINISHED if any child
     finished, FAILED if none did; when it is interrupted, it and every child still running end KILLED."""
     if not tracking.uses_mlflow(config):
@@ -43,10 +43,10 @@ def sweep_parent_run(config: DictConfig, resume_run_id: str | None = None, tags=
                                       **liveness.process_tags(), **(tags or {})})
         run_id = run.info.run_id
         client.log_text(run_id, "\n".join(config.hydra.overrides.task) + "\n", "sweep/overrides.txt")
-    os.environ.update(zip(ENV, (run_id, uri, ",".join(swept_keys(config)))))
     parent = SweepParent(run_id, uri)
     try:
-        with liveness.Heartbeat(client, run_id):
+        with job_environment(config, dict(zip(ENV, (run_id, uri, ",".join(swept_keys(config)))))), \
+                liveness.Heartbeat(client, run_id):
             yield parent
     except BaseException as error:
         status = tracking.end_status(error)
@@ -59,9 +59,6 @@ def sweep_parent_run(config: DictConfig, resume_run_id: str | None = None, tags=
         summarise(client, run_id, parent.failures)
         children = children_of(client, run_id)
         client.set_terminated(run_id, "FINISHED" if any(c.info.status == "FINISHED" for c in children) else "FAILED")
-    finally:
-        for name in ENV:
-            os.environ.pop(name, None)
 
 
 def children_of(client, parent_run_id: str):

@@ -55,25 +55,36 @@ class SafeGridSweeper(BasicSweeper):
         return [results]
 
     def validate_jobs(self, jobs) -> None:
-        """Compose every job's config and check it as a single run would be checked; nothing has started yet."""
-        from pipeline.checks import check_job
+        """Compose every job's config and check it as a single run would be checked (in the joblib launcher's
+        workers when it is the launcher: job_checks.py); nothing has started yet."""
         from pipeline.cli import describe
+        from pipeline.search.job_checks import problems
 
-        bad = []
+        refused, composed = {}, {}
         for number, job in enumerate(jobs):
             try:
                 cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
-                with open_dict(cfg):
-                    del cfg["hydra"]
-                check_job(cfg)
             except Exception as error:
-                message = describe(error)
-                if message is None:
+                if describe(error) is None:
                     raise
-                bad.append(f"sweep job {number} ({job_name(job)}): {message}")
+                refused[number] = describe(error)
+                continue
+            with open_dict(cfg):
+                del cfg["hydra"]
+            composed[number] = cfg
+        refused.update(zip(composed, problems(list(composed.values()), self.launcher, self.open_store)))
+        bad = [f"sweep job {number} ({job_name(jobs[number])}): {refused[number]}"
+               for number in sorted(refused) if refused[number]]
         if bad:
             more = f" (and {len(bad) - 1} more job(s))" if len(bad) > 1 else ""
             raise ConfigError(f"{bad[0]}{more}; nothing was run")
+
+    def open_store(self) -> None:
+        """Import MLflow and make its store ready (store.py) before the sweep's parent run needs them."""
+        from pipeline import tracking
+
+        if tracking.uses_mlflow(self.config):
+            tracking.client(self.config.logger.tracking_uri)
 
     @staticmethod
     def report(results, failures) -> None:

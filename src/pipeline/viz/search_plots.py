@@ -48,7 +48,8 @@ def choice(value) -> str:
 
 def importances(report: Report) -> dict[str, dict[str, float]]:
     """objective -> parameter -> importance (fANOVA over the finished trials, every parameter categorical over its
-    observed values); objectives whose values do not vary are left out."""
+    observed values); objectives whose values do not vary are left out. Nothing when fewer than two parameters
+    vary: one parameter's importance is 1 by definition (and optuna's fANOVA costs ~2 s of imports)."""
     import optuna
     from optuna.distributions import CategoricalDistribution
 
@@ -57,7 +58,7 @@ def importances(report: Report) -> dict[str, dict[str, float]]:
     for t in done:
         for key, value in t.params.items():
             choices.setdefault(key, set()).add(choice(value))
-    if len(done) < 2 or all(len(values) < 2 for values in choices.values()):
+    if len(done) < 2 or sum(len(values) >= 2 for values in choices.values()) < 2:
         return {}
     distributions = {key: CategoricalDistribution(sorted(values)) for key, values in choices.items()}
     verbosity = optuna.logging.get_verbosity()
