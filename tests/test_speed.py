@@ -1,7 +1,6 @@
 """What makes small runs cheap (issue 15) still gives the same numbers: training values summed on the device and
 logged once per epoch, a progress bar redrawn by the clock, the test run's predictions reused by the plots, the
 cores shared out among a parallel sweep's jobs, and the run's own clock (PIPELINE_TIMINGS)."""
-import contextlib
 import json
 import subprocess
 import sys
@@ -172,38 +171,3 @@ def test_auto_mixed_trains_in_bf16_only_where_the_cpu_computes_it_natively(compo
         monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
         assert train.build_trainer(cfg, None).precision == expected
     assert precision.resolved("16-mixed", "cpu") == "16-mixed"  # any other value is Lightning's own
-
-
-class InterruptAfterEpoch(pl.Callback):
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_train_epoch_end(self, trainer, task):
-        if trainer.current_epoch == self.epoch:
-            raise KeyboardInterrupt
-
-
-@pytest.mark.parametrize("interrupted", [False, True])
-def test_metrics_are_written_in_batches_and_none_is_lost_at_the_end_or_on_ctrl_c(compose_config, monkeypatch,
-                                                                                 interrupted):
-    from pipeline import mlflow_logger, tracking
-
-    monkeypatch.setattr(mlflow_logger, "FLUSH_SECONDS", 3600.0)  # only finalize writes them
-    cfg = compose_config("callbacks=none", "threads=1", "+trainer.enable_progress_bar=false", "trainer.max_epochs=4")
-    train.start(cfg)
-    datamodule = train.build_data(cfg)
-    task = train.build_task(cfg, datamodule)
-    client = tracking.client(cfg.logger.tracking_uri)
-    run = client.create_run(tracking.experiment_id(cfg))
-    writes = []
-    monkeypatch.setattr(type(client), "log_batch", lambda self, *a, _real=type(client).log_batch, **k: (
-        writes.append(len(k.get("metrics", ()))), _real(self, *a, **k))[1])
-    trainer = train.build_trainer(cfg, run, callbacks=[InterruptAfterEpoch(1)] if interrupted else [])
-    with pytest.raises(SystemExit) if interrupted else contextlib.nullcontext():  # Lightning: finalize, then exit
-        trainer.fit(task, datamodule=datamodule)
-    epochs = 2 if interrupted else 4
-    history = client.get_metric_history(run.info.run_id, "val/acc")
-    assert [metric.step for metric in history] == sorted({metric.step for metric in history}) and len(history) == epochs
-    # the interrupt comes before Lightning logs the second epoch's training means (not a loss of the batching)
-    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == (1 if interrupted else epochs)
-    assert len(writes) == 1 and writes[0] >= 3 * epochs  # every epoch's values in one transaction
