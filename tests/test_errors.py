@@ -67,10 +67,9 @@ def wait_for_running(tracking_uri: str, count: int, process, limit: float = 90):
 
 STOPS = {  # (arguments, signal, to the whole process group as a terminal's Ctrl-C does)
     "run-ctrl-c": ([], signal.SIGINT, True),
-    "run-sigterm": ([], signal.SIGTERM, False),
+    "run-sigterm": ([], signal.SIGTERM, False),  # (SIGTERM takes the same way out of a joblib sweep: not repeated)
     "sweep-ctrl-c": (["-m", "optimizer=sgd,adam"], signal.SIGINT, True),
     "joblib-sweep-ctrl-c": (["-m", "optimizer=sgd,adam", "hydra/launcher=joblib"], signal.SIGINT, True),
-    "joblib-sweep-sigterm": (["-m", "optimizer=sgd,adam", "hydra/launcher=joblib"], signal.SIGTERM, False),
 }
 
 

@@ -183,7 +183,8 @@ def test_a_trial_worse_than_the_median_is_pruned_and_recorded_killed(compose_con
         study.add_trial(optuna.trial.create_trial(params={"optimizer.lr": 0.003}, distributions={
             "optimizer.lr": distribution}, value=0.95, intermediate_values={step: 0.9 for step in range(6)}))
     trial = study.ask({"optimizer.lr": distribution})
-    studies.for_trial_runs(url, "pruning", "median", "val/acc")
+    for name, value in studies.for_trial_runs(url, "pruning", "median", "val/acc").items():
+        monkeypatch.setenv(name, value)
     cfg = compose_config("optimizer.lr=1e-7", f"trial={trial.number}", "trainer.max_epochs=6", "threads=1",
                          "~callbacks.progress_bar")
     with pytest.raises(Pruned, match="pruned after epoch 2: val/acc="):

@@ -121,13 +121,15 @@ class SearchSweeper(Sweeper):
         if done:
             log.info("search %s continues: %d%s trials done (%d left running by a search that died, now FAIL)",
                      name, done, "" if self.strategy == "oneshot" else f" of {self.n_trials}", orphans)
-        studies.for_trial_runs(url, name, self.pruner_name, objectives[0][0].removesuffix("_best"))
+        trial_environment = studies.for_trial_runs(url, name, self.pruner_name, objectives[0][0].removesuffix("_best"))
 
+        from pipeline.search.job_environment import job_environment
         from pipeline.search.sweep_parent_run import sweep_parent_run
 
         tags = {"search.strategy": self.strategy, "search.study": name, "search.storage": url,
                 "search.objectives": json_list(objectives), "search.fixed_overrides": json_list(fixed)}
-        with sweep_parent_run(self.config, study.user_attrs.get(PARENT_ATTR), tags=tags) as parent:
+        with job_environment(self.config, trial_environment), \
+                sweep_parent_run(self.config, study.user_attrs.get(PARENT_ATTR), tags=tags) as parent:
             if parent.run_id and PARENT_ATTR not in study.user_attrs:
                 study.set_user_attr(PARENT_ATTR, parent.run_id)
                 tracking.client(base.logger.tracking_uri).log_text(

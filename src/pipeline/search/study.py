@@ -71,8 +71,9 @@ def fail_orphans(study) -> int:
     return len(orphans)
 
 
-def for_trial_runs(url: str, name: str, pruner_name: str, monitor: str) -> None:
-    os.environ[ENV] = json.dumps({"storage": url, "study": name, "pruner": pruner_name, "monitor": monitor})
+def for_trial_runs(url: str, name: str, pruner_name: str, monitor: str) -> dict[str, str]:
+    """The environment a trial's run finds its study by (handed to the jobs by job_environment.py)."""
+    return {ENV: json.dumps({"storage": url, "study": name, "pruner": pruner_name, "monitor": monitor})}
 
 
 def of_this_run() -> dict | None:
