@@ -166,18 +166,18 @@ class SearchSweeper(Sweeper):
                 self.tell(study, trial, result, objectives, parent, job)
 
     def refusal(self, job: list[str]) -> str | None:
-        """The one-line reason a trial's config is refused before it runs (checks.check_job), or None."""
-        from pipeline.checks import check_job
+        """The one-line reason a trial's config is refused before it runs (job_checks.problem), or None."""
         from pipeline.cli import describe
+        from pipeline.search.job_checks import problem
 
         try:
-            check_job(self.compose(job))
+            cfg = self.compose(job)
         except Exception as error:
             message = describe(error)
             if message is None:
                 raise
             return message
-        return None
+        return problem(cfg)
 
     def tell(self, study, trial, result, objectives, parent, job) -> None:
         from optuna.trial import TrialState

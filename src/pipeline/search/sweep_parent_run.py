@@ -21,9 +21,9 @@ class SweepParent:
 @contextmanager
 def sweep_parent_run(config: DictConfig, resume_run_id: str | None = None, tags=None):
     """Create the parent run (or reopen `resume_run_id`, a search continued) and hand its id to the jobs (by
-    environment variable, set in whichever process runs a job: job_environment.py). When the block ends the parent is summarised
-    (summarise, below) and ends FINISHED if any child
-    finished, FAILED if none did; when it is interrupted, it and every child still running end KILLED."""
+    environment variable, set in whichever process runs a job: job_environment.py). When the block ends the parent
+    is summarised (summarise, below) and ends FINISHED if any child finished, FAILED if none did; when it is
+    interrupted, it and every child still running end KILLED."""
     if not tracking.uses_mlflow(config):
         yield SweepParent(None)
         return

@@ -65,9 +65,9 @@ class SafeGridSweeper(BasicSweeper):
             try:
                 cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
             except Exception as error:
-                if describe(error) is None:
-                    raise
                 refused[number] = describe(error)
+                if refused[number] is None:
+                    raise
                 continue
             with open_dict(cfg):
                 del cfg["hydra"]
