@@ -10,6 +10,7 @@ write-ahead logging (readers never block the writer; MLflow itself waits up to 2
 import fcntl
 import functools
 import logging
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,9 +61,16 @@ def locked(db: Path):
 
 
 def ensure_store(tracking_uri: str) -> None:
-    """Make sure the store at `tracking_uri` exists with MLflow's current schema (a no-op for servers)."""
+    """Make sure the store at `tracking_uri` exists with MLflow's current schema, or that the server there answers
+    and accepts this user."""
+    if tracking_uri in _ready:
+        return
+    if tracking_uri.startswith(("http://", "https://")):
+        check_server(tracking_uri)
+        _ready.add(tracking_uri)
+        return
     db = sqlite_file(tracking_uri)
-    if db is None or tracking_uri in _ready:
+    if db is None:
         return
     db.parent.mkdir(parents=True, exist_ok=True)
     with locked(db):
@@ -71,6 +79,33 @@ def ensure_store(tracking_uri: str) -> None:
         else:
             upgrade_if_old(db)
     _ready.add(tracking_uri)
+
+
+def check_server(url: str) -> None:
+    """One quick request before MLflow's own, which retries a server that is down for minutes and reports a refused
+    login as a traceback: say at once, in one line, what is wrong."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from pipeline.errors import ConfigError
+
+    request = urllib.request.Request(f"{url.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    try:
+        urllib.request.urlopen(request, timeout=10).close()
+    except urllib.error.HTTPError as error:
+        if error.code != 401:
+            return  # some other answer: a server is there; MLflow's own request will tell what it wants
+        why = (f"refused the credentials of MLFLOW_TRACKING_USERNAME={user}" if user and password else
+               "asks for credentials: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+        raise ConfigError(f"the MLflow server at {url} {why}") from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise ConfigError(f"no MLflow server answers at {url} ({reason}): start one (python -m pipeline.server start "
+                          "FOLDER) or point logger.tracking_uri / MLFLOW_TRACKING_URI at yours") from None
 
 
 def create(db: Path, artifacts: str | None) -> None:
