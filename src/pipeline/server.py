@@ -98,7 +98,8 @@ def start(folder: Path, host: str, port: int, auth: bool, timeout: float = 120.0
         (folder / "artifacts").mkdir(exist_ok=True)
         command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
                    "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts",
-                   "--host", host, "--port", str(port), "--workers", "1"] + (["--app-name", "basic-auth"] if auth else [])
+                   "--host", host, "--port", str(port), "--workers", "1"]
+        command += ["--app-name", "basic-auth"] if auth else []
         with open(folder / "server.log", "ab") as log:
             server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment,
                                       cwd=folder, start_new_session=True)  # its own group: stop ends its workers too
@@ -116,7 +117,8 @@ def wait_until_it_answers(server: subprocess.Popen, url: str, folder: Path, time
     while not answers(url):
         if server.poll() is not None or time.monotonic() > deadline:
             said = (folder / "server.log").read_text(errors="replace").strip().splitlines()[-1:]  # the error itself
-            how = f"exited with status {server.returncode}" if server.poll() is not None else f"did not answer in {timeout:.0f} s"
+            exited = server.poll() is not None
+            how = f"exited with status {server.returncode}" if exited else f"did not answer in {timeout:.0f} s"
             raise ConfigError(f"the MLflow server {how}; the end of {folder / 'server.log'}: {''.join(said)}")
         time.sleep(0.5)
 
