@@ -78,12 +78,30 @@ def set_param(repo: Path, key: str, value) -> None:
     (repo / "params.yaml").write_text(OmegaConf.to_yaml(params))
 
 
-@pytest.fixture(scope="module")
-def repro(tmp_path_factory):
-    """A tiny pipeline reproduced once: (repo folder, `dvc repro` output)."""
-    repo = make_repo(tmp_path_factory.mktemp("dvc") / "project", *TINY)
-    result = sh(repo, "dvc", "repro")
-    return repo, result.stdout
+@pytest.fixture(scope="session")
+def shared_repro(tmp_path_factory):
+    """A tiny pipeline reproduced once for the whole test session, whichever xdist workers ask for it: the first
+    builds it under a lock in the folder the workers share, the others wait and take it. (Not xdist's loadgroup:
+    with pytest 9 it silently groups nothing.)"""
+    import fcntl
+
+    shared = tmp_path_factory.getbasetemp().parent / "dvc_repro"
+    shared.mkdir(exist_ok=True)
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / "repro.out").exists():
+            repo = make_repo(shared / "project", *TINY)
+            (shared / "repro.out").write_text(sh(repo, "dvc", "repro").stdout)
+    return shared / "project", (shared / "repro.out").read_text()
+
+
+@pytest.fixture
+def repro(shared_repro, tmp_path):
+    """That pipeline, copied for this test (the tests run dvc in it, and DVC locks a repository per command):
+    (repo folder, `dvc repro` output)."""
+    repo = tmp_path / "project"
+    shutil.copytree(shared_repro[0], repo, symlinks=True)
+    return repo, shared_repro[1]
 
 
 def test_repro_runs_the_four_stages_and_writes_sane_outputs(repro):
@@ -165,8 +183,7 @@ def test_a_second_repro_does_nothing(repro):
 
 
 def test_a_parameter_change_reruns_only_the_stages_that_read_it(repro, tmp_path):
-    repo = tmp_path / "copy"
-    shutil.copytree(repro[0], repo, symlinks=True)
+    repo = repro[0]
     before = read_metrics(repo)
 
     set_param(repo, "viz.dpi", 60)
@@ -191,25 +208,8 @@ def test_a_parameter_change_reruns_only_the_stages_that_read_it(repro, tmp_path)
     assert (repo / "results/prepare/data.pt").read_bytes() != prepared
 
 
-def test_exp_run_with_set_composes_params_from_conf_and_changes_the_result(repro, tmp_path):
-    repo = tmp_path / "copy"
-    shutil.copytree(repro[0], repo, symlinks=True)
-    before = read_metrics(repo)
-    result = sh(repo, "dvc", "exp", "run", "-n", "higher-lr", *set_flags(TINY), "-S", "optimizer.lr=0.01")
-    assert "prepare" not in ran_stages(result.stdout)  # the data did not change
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    assert params["optimizer"]["lr"] == 0.01 and params["model"]["channels"] == [8, 16]
-    assert read_metrics(repo) != before
-
-    shown = sh(repo, "dvc", "exp", "show", "--json").stdout
-    assert "higher-lr" in shown and str(read_metrics(repo)["acc"]) in shown
-    _, runs = all_runs(f"sqlite:///{repo}/mlflow.db")
-    assert {run.info.run_name for run in runs} == {"dvc repro", "dvc exp higher-lr"}
-
-
 def test_queued_experiments_run_and_track_into_the_projects_store(repro, tmp_path):
-    repo = tmp_path / "copy"
-    shutil.copytree(repro[0], repo, symlinks=True)
+    repo = repro[0]
     sh(repo, "dvc", "exp", "run", "--queue", *set_flags(TINY), "-S", "optimizer.lr=0.005,0.01")
     sh(repo, "dvc", "queue", "start")
     deadline = time.time() + 400
@@ -229,181 +229,106 @@ def test_queued_experiments_run_and_track_into_the_projects_store(repro, tmp_pat
     assert {run.data.params["optimizer.lr"] for run in queued} == {"0.005", "0.01"}
 
 
-def test_two_clean_repros_and_run_py_give_identical_metrics(repro, tmp_path):
-    repo = make_repo(tmp_path / "again", *TINY)
-    sh(repo, "dvc", "repro")
-    assert read_metrics(repo) == read_metrics(repro[0])
-    # run.py with the same config: the same result (same code, same seed).
+def test_run_py_with_the_pipelines_config_gives_its_metrics(repro, tmp_path):
+    """Same code, same seed, same result, whichever way the experiment runs (run.py's output outside the repo)."""
+    repo, _ = repro
     result = sh(repo, sys.executable, str(ROOT / "run.py"), *TINY, "logger=none", f"hydra.run.dir={tmp_path}/run")
     line = result.stdout.strip().splitlines()[-1]
     assert f"test/acc={read_metrics(repo)['acc']:.4f}" in line, line
 
 
-def test_committed_params_yaml_is_the_composition_of_the_conf_defaults(tmp_path, monkeypatch):
-    from pipeline.stages.params import write
-
-    monkeypatch.chdir(ROOT)
-    write([], tmp_path / "composed.yaml")
-    composed = yaml.safe_load((tmp_path / "composed.yaml").read_text())
-    assert composed == yaml.safe_load((ROOT / "params.yaml").read_text())
-
-
-def test_dvc_analytics_are_off_and_hydra_composition_is_on():
-    config = (ROOT / ".dvc/config").read_text()
-    assert "analytics = false" in config and "enabled = true" in config
-
-
-def test_paths_under_the_project_root_are_anchored_at_dvc_root():
-    cfg = OmegaConf.create({"paths": {"root": ".", "output_dir": "results/train"},
-                            "logger": {"tracking_uri": "sqlite:///./mlflow.db"},
-                            "data": {"root": "./data", "cache_dir": "./data/cache", "name": "digits"},
-                            "files": ["./a", "b"]})
-    anchor_paths(cfg, "/home/me/project")
-    assert cfg.paths == {"root": "/home/me/project", "output_dir": "results/train"}
-    assert cfg.logger.tracking_uri == "sqlite:////home/me/project/mlflow.db"
-    assert cfg.data == {"root": "/home/me/project/data", "cache_dir": "/home/me/project/data/cache", "name": "digits"}
-    assert list(cfg.files) == ["/home/me/project/a", "b"]
-    unchanged = OmegaConf.create({"paths": {"root": "/abs"}, "data": {"root": "/abs/data"}})
-    anchor_paths(unchanged, "/elsewhere")
-    assert unchanged.data.root == "/abs/data"
+def test_the_visualize_stage_writes_the_checked_explanations(repro):
+    repo, _ = repro
+    saved = json.loads((repo / "results/visualize/explanations.json").read_text())
+    assert saved["images"] == 300
+    assert saved["deletion_drop_saliency"] == pytest.approx(
+        saved["accuracy_random_mask"] - saved["accuracy_masked_saliency"])
+    assert (repo / "results/visualize/explanations.png").read_bytes()[:4] == b"\x89PNG"
+    plots = json.loads(sh(repo, "dvc", "plots", "show", "--json").stdout)["data"]
+    assert any(name.endswith("explanations.png") for name in plots)
+    client, runs = all_runs(f"sqlite:///{repo}/mlflow.db")
+    (pipeline_run,) = [run for run in runs if run.info.run_name == "dvc repro"]
+    assert "plots/explanations.json" in {item.path for item in client.list_artifacts(pipeline_run.info.run_id,
+                                                                                        "plots")}
 
 
-def test_sizes_a_resolved_config_leaves_null_come_from_the_data():
-    cfg = OmegaConf.create({"data": {"num_classes": None}, "model": {"num_classes": None, "vocab_size": None},
-                            "task": {"num_classes": None}})
+def test_dvc_exp_run_composes_params_with_set_and_fine_tunes_from_a_checkpoint(repro, tmp_path):
+    """`dvc exp run -S` composes params.yaml from conf/ and the overrides; here the transfer keys: the pipeline
+    trains from a checkpoint (model.init_from) with part of the network frozen (model.freeze)."""
+    import torch
 
-    class Loaded:
-        num_classes, vocab_size = 5, 30
+    repo = repro[0]
+    before = read_metrics(repo)
+    source = tmp_path / "source.ckpt"
+    shutil.copy(repo / "results/train/model.ckpt", source)
+    tuning = [*TINY, f"model.init_from={source}", "model.freeze=[features]"]
+    result = sh(repo, "dvc", "exp", "run", "-n", "fine-tune", *set_flags(tuning))
+    assert ran_stages(result.stdout) == ["train", "evaluate", "visualize"]  # the data did not change
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["model"]["init_from"] == str(source) and params["model"]["channels"] == [8, 16]
+    assert read_metrics(repo) != before
+    shown = sh(repo, "dvc", "exp", "show", "--json").stdout
+    assert "fine-tune" in shown and str(read_metrics(repo)["acc"]) in shown
 
-    fill_from_data(cfg, Loaded())
-    assert (cfg.data.num_classes, cfg.model.num_classes, cfg.model.vocab_size, cfg.task.num_classes) == (5, 5, 30, 5)
+    def network(path):
+        state = torch.load(path, weights_only=False)["state_dict"]
+        return {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
 
-
-def test_the_stages_fill_the_sizes_params_yaml_leaves_null_from_the_data(tmp_path):
-    """data=chars finds its classes in the files, so params.yaml (resolved) has num_classes: null everywhere."""
-    from test_chars import write_names
-
-    write_names(tmp_path / "data" / "names")
-    shutil.copytree(ROOT / "conf", tmp_path / "conf")
-    sh(tmp_path, sys.executable, "-m", "pipeline.stages.params", "data=chars", "model=gru", "model.hidden_size=16",
-       f"data.root={tmp_path}/data", "data.download=false", "trainer.max_epochs=2", "logger=none")
-    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["model"]["num_classes"] is None
-    for stage in ("prepare", "train", "evaluate"):
-        sh(tmp_path, sys.executable, "-m", f"pipeline.stages.{stage}")
-    assert sorted(read_metrics(tmp_path)["per_class"]) == ["Alpha", "Beta", "Gamma"]
-
-
-def test_ctrl_c_in_a_stage_marks_the_pipeline_run_killed(tmp_path):
-    import signal
-
-    from test_errors import interruptible, wait_for_running
-
-    shutil.copytree(ROOT / "conf", tmp_path / "conf")
-    sh(tmp_path, sys.executable, "-m", "pipeline.stages.params", "trainer.max_epochs=10000")
-    sh(tmp_path, sys.executable, "-m", "pipeline.stages.prepare")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    all_runs(uri)  # create the store before the stage does (see test_errors)
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.stages.train"], cwd=tmp_path, env=command_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=interruptible)
-    try:
-        wait_for_running(uri, 1, process)
-        process.send_signal(signal.SIGINT)
-        process.communicate(timeout=90)
-    finally:
-        process.kill()
-    assert process.returncode != 0
-    _, runs = all_runs(uri)
-    assert [run.info.status for run in runs] == ["KILLED"]
-    assert not (tmp_path / "results/train/model.ckpt").exists()
-
-
-def test_a_stage_without_params_or_with_a_bad_value_is_one_clear_line(tmp_path):
-    result = sh(tmp_path, sys.executable, "-m", "pipeline.stages.train", check=False)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        f"error: params.yaml not found in {tmp_path}: run the stages with `dvc repro` from the project root, "
-        "or write it with `python -m pipeline.stages.params`"]
-    shutil.copytree(ROOT / "conf", tmp_path / "conf")
-    sh(tmp_path, sys.executable, "-m", "pipeline.stages.params")
-    result = sh(tmp_path, sys.executable, "-m", "pipeline.stages.evaluate", check=False)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (
-        "error: results/prepare/data.pt not found: run `dvc repro` (its prepare stage writes it)")
-    sh(tmp_path, sys.executable, "-m", "pipeline.stages.params", "optimizer.lr=-1")
-    result = sh(tmp_path, sys.executable, "-m", "pipeline.stages.prepare", check=False)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: optimizer.lr=-1"), result.stderr
-
-
-def test_a_train_stage_killed_mid_run_continues_when_run_again(tmp_path):
-    import signal
-
-    from test_resume import epochs_logged
-
-    shutil.copytree(ROOT / "conf", tmp_path / "conf")
-    sh(tmp_path, sys.executable, "-m", "pipeline.stages.params", "trainer.max_epochs=6", "data.batch_size=16")
-    sh(tmp_path, sys.executable, "-m", "pipeline.stages.prepare")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    all_runs(uri)
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.stages.train"], cwd=tmp_path, env=command_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while epochs_logged(tmp_path / "mlflow.db") < 3:
-        assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
-        time.sleep(0.02)
-    process.kill()  # kill -9: no chance to say anything
-    process.communicate()
-
-    sh(tmp_path, sys.executable, "-m", "pipeline.stages.train")  # what `dvc repro` runs again
-    client, runs = all_runs(uri)
-    assert [run.info.status for run in runs] == ["FINISHED"]  # the same MLflow run, continued
-    assert len({m.step for m in client.get_metric_history(runs[0].info.run_id, "val/acc")}) == 6
-    history = (tmp_path / "results/train/history.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3", "4", "5", "6"]
-    assert not (tmp_path / "results/train/checkpoints").exists()  # the scratch folder goes once it is done
-
-
-def planted_corpus(folder: Path) -> Path:
-    from test_text import planted_text
-
-    corpus = folder / "corpus.txt"
-    corpus.write_text(planted_text(seed=0, length=6000))
-    return corpus
-
-
-# Per task: a tiny `dvc exp run -S ...`, its metrics.json keys, its plots, and the files its evaluate stage writes.
-TASK_PIPELINES = {
-    "reconstruct": (["task=reconstruct", "model=linear_autoencoder", "trainer.max_epochs=2"],  # conv: test_tasks
-                    {"loss", "mse", "psnr", "pca_mse", "pca_psnr", "mse_over_pca"},
-                    {"learning_curves.png", "reconstructions.png", "codes.png"}, set()),
-    "vae": (["task=vae", "model=vae", "model.hidden=[64]", "model.latent_dim=2", "trainer.max_epochs=2"],
-            {"loss", "reconstruction", "kl"},
-            {"learning_curves.png", "samples.png", "reconstructions.png", "latent.png", "manifold.png"}, set()),
-    "embed": (["task=embed", "model=word2vec", "data=text", "data.min_count=5", "model.embedding_dim=16",
-               "trainer.max_epochs=2"],
-              {"loss"}, {"learning_curves.png", "words.png"}, {"neighbours.json", "vectors.txt"}),
-}
-
-
-@pytest.mark.parametrize("task", TASK_PIPELINES)
-def test_exp_run_of_each_task_runs_the_four_stages_with_its_own_metrics_and_plots(tmp_path, task):
-    overrides, metric_keys, plots, details = TASK_PIPELINES[task]
-    if task == "embed":
-        overrides = [*overrides, f"data.path={planted_corpus(tmp_path)}"]
-    repo = make_repo(tmp_path / "project")
-    result = sh(repo, "dvc", "exp", "run", "-n", task, *set_flags(overrides), timeout=600)
-    assert ran_stages(result.stdout) == ["prepare", "train", "evaluate", "visualize"]
-    metrics = read_metrics(repo)
-    assert set(metrics) == metric_keys and all(isinstance(value, float) for value in metrics.values())
-    shown = json.loads(sh(repo, "dvc", "metrics", "show", "--json").stdout)
-    assert shown[""]["data"]["results/evaluate/metrics.json"]["data"] == metrics
-    assert {path.name for path in (repo / "results/visualize").iterdir()} == plots
-    assert {path.name for path in (repo / "results/evaluate/details").iterdir()} == details
-    shown_plots = json.loads(sh(repo, "dvc", "plots", "show", "--json").stdout)["data"]
-    assert "loss" in shown_plots and {name for name in plots} <= {Path(key).name for key in shown_plots}
-
+    before, after = network(source), network(repo / "results/train/model.ckpt")
+    frozen = [key for key in after if key.startswith("features.")]
+    assert frozen and all(torch.equal(after[key], before[key]) for key in frozen)
+    assert not torch.equal(after["classifier.1.weight"], before["classifier.1.weight"])
     _, runs = all_runs(f"sqlite:///{repo}/mlflow.db")
-    (tracked,) = runs
-    assert tracked.info.status == "FINISHED" and tracked.info.run_name == f"dvc exp {task}"
-    assert tracked.data.metrics["test/loss"] == pytest.approx(metrics["loss"], abs=1e-5)
+    assert {run.info.run_name for run in runs} == {"dvc repro", "dvc exp fine-tune"}
+    tuned = next(r for r in runs if "transfer.init_from" in r.data.tags)
+    assert tuned.data.tags["transfer.init_from"] == str(source)
+    assert tuned.data.tags["transfer.frozen"] == str(len(frozen))
+
+
+SHARED_OUTPUTS = ["results/prepare/data.pt", "results/train/model.ckpt", "results/evaluate/metrics.json"]
+
+
+def push_then_pull_in_a_fresh_clone(repo: Path, clone: Path) -> None:
+    """What a teammate does: the pipeline's state is in git (dvc.lock, the remote in .dvc/config), the files are
+    in the remote; a clone of the git repository has none of them until `dvc pull`."""
+    pushed = sh(repo, "dvc", "push").stdout
+    assert "pushed" in pushed, pushed
+    sh(repo, "git", "add", "dvc.lock", ".dvc/config", "results/evaluate/metrics.json")
+    sh(repo, "git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q", "-m", "results")
+    sh(clone.parent, "git", "clone", "-q", str(repo), clone.name)
+    assert not (clone / "results/train/model.ckpt").exists()
+    sh(clone, "dvc", "pull")
+    for path in SHARED_OUTPUTS:
+        assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
+    assert stale_stages(clone) == set()  # the pulled outputs are exactly what dvc.lock records
+
+
+def test_dvc_push_and_pull_the_prepared_data_and_model_through_a_local_remote(repro, tmp_path):
+    repo = repro[0]
+    sh(repo, "dvc", "remote", "add", "-d", "lab", str(tmp_path / "remote"))
+    push_then_pull_in_a_fresh_clone(repo, tmp_path / "clone")
+    assert list((tmp_path / "remote" / "files" / "md5").rglob("*"))
+
+
+def test_dvc_push_and_pull_through_an_s3_remote(repro, tmp_path, monkeypatch):
+    """S3 (here moto's S3 server on loopback, the way dvc-s3's own tests run): the same push and pull."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="lab-pipeline")
+        repo = repro[0]
+        sh(repo, "dvc", "remote", "add", "-d", "lab", "s3://lab-pipeline/dvc")
+        sh(repo, "dvc", "remote", "modify", "lab", "endpointurl", endpoint)
+        push_then_pull_in_a_fresh_clone(repo, tmp_path / "clone")
+        stored = boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket="lab-pipeline", Prefix="dvc/")
+        assert stored["KeyCount"] >= len(SHARED_OUTPUTS)
+    finally:
+        server.stop()

@@ -10,19 +10,23 @@ import pytest
 from conftest import ROOT, all_runs
 
 BAD_INPUT = [
-    # (arguments, words the one line must contain)
+    # (arguments, words the one line must contain): each kind of mistake once through the whole command
     (["model=transformer"], ["model=transformer", "linear", "mlp"]),
     (["model.depth=3"], ["model.depth=3", "unknown key"]),
     (["optimizer.lr=-0.1"], ["optimizer.lr=-0.1", "> 0"]),
+    (["model.input_shape=[5]"], ["MLP", "digits", "[1, 8, 8]"]),  # a model that can't take the data's shape
+    (["data=xor", "data.input_shape=[3]"], ["data.input_shape=[3]", "[2]"]),  # found when the data is loaded
+    (["-m", "optimizer.lr=0.1,-1"], ["sweep job 1", "optimizer.lr=-1", "> 0", "nothing was run"]),  # sweeps too
+]
+# More values outside their rules: the same checks (checks.check_job) and the same one-line message (cli.describe)
+# as the command's, without a process each.
+BAD_VALUES = [
     (["regularization.dropout=1.0"], ["regularization.dropout=1.0", "[0, 1)"]),
     (["regularization.dropout=-0.2"], ["regularization.dropout=-0.2", "[0, 1)"]),
     (["model.hidden=[64,0]"], ["model.hidden=[64, 0]", ">= 1"]),
     (["model.activation=swish"], ["model.activation='swish'", "relu", "gelu"]),
     (["trainer.max_epochs=0"], ["trainer.max_epochs=0", ">= 1"]),
     (["data.batch_size=0"], ["data.batch_size=0", ">= 1"]),
-    (["model.input_shape=[5]"], ["MLP", "digits", "[1, 8, 8]"]),  # a model that can't take the data's shape
-    (["data=xor", "data.input_shape=[3]"], ["data.input_shape=[3]", "[2]"]),
-    (["-m", "optimizer.lr=0.1,-1"], ["sweep job 1", "optimizer.lr=-1", "> 0", "nothing was run"]),  # sweeps too
 ]
 
 
@@ -36,6 +40,19 @@ def test_bad_input_is_one_clear_line(run_py, tracking_uri, args, words):
         assert word in lines[-1], lines[-1]
     _, runs = all_runs(tracking_uri)
     assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+@pytest.mark.parametrize("args,words", BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
+def test_bad_values_are_refused_with_one_line_naming_them(compose_config, args, words):
+    from pipeline.checks import check_job
+    from pipeline.cli import describe
+
+    with pytest.raises(Exception) as refused:
+        check_job(compose_config(*args))
+    message = describe(refused.value)
+    assert message is not None and "\n" not in message, refused.value
+    for word in words:
+        assert word in message, message
 
 
 def test_failure_inside_a_run_marks_it_failed(run_py, tracking_uri):

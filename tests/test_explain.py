@@ -15,7 +15,6 @@ from pipeline.explain import main
 from pipeline.explanations import (attribute, attribution_maps, black_value, deletion_test, last_conv,
                                    pixel_importance, reinitialised, sanity_check, top_pixels)
 from pipeline.train import run
-from test_dvc import make_repo, sh
 
 QUIET = ["~callbacks.progress_bar", "threads=1"]
 SIZE = 12  # planted images are 1 x SIZE x SIZE
@@ -162,21 +161,6 @@ def test_an_unknown_run_is_refused_in_one_line(tracking_uri, capsys):
     assert main(["--run", "0123456789abcdef", "--tracking-uri", tracking_uri]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: run 0123456789abcdef") and "\n" not in error
-
-
-def test_dvc_visualize_stage_writes_the_explanations_of_the_default_pipeline(tmp_path):
-    repo = make_repo(tmp_path / "project", "trainer.max_epochs=2")
-    sh(repo, "dvc", "repro")
-    saved = json.loads((repo / "results/visualize/explanations.json").read_text())
-    assert saved["images"] == 300 and "no convolutional layer" in saved["grad_cam"]  # the default model: an MLP
-    assert saved["deletion_drop_saliency"] == pytest.approx(
-        saved["accuracy_random_mask"] - saved["accuracy_masked_saliency"])
-    assert (repo / "results/visualize/explanations.png").read_bytes()[:4] == b"\x89PNG"
-    plots = json.loads(sh(repo, "dvc", "plots", "show", "--json").stdout)["data"]
-    assert any(name.endswith("explanations.png") for name in plots)
-    client, (pipeline_run,) = all_runs(f"sqlite:///{repo}/mlflow.db")
-    assert "plots/explanations.json" in {item.path for item in client.list_artifacts(pipeline_run.info.run_id,
-                                                                                        "plots")}
 
 
 def test_grad_cam_reads_the_last_convolution_the_forward_pass_runs():

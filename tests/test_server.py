@@ -15,8 +15,6 @@ import pytest
 from conftest import ROOT
 from pipeline.errors import ConfigError
 
-pytestmark = pytest.mark.xdist_group("tracking_server")  # one server for the file, on one worker
-
 USER, PASSWORD = "lab-lead", "a-long-enough-password"
 
 
@@ -26,10 +24,11 @@ def server_command(*args: str) -> subprocess.CompletedProcess:
                           timeout=180)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def server():
-    """A server with authentication on any free port; its folder is one the `postgres` user can enter (as root,
-    PostgreSQL runs as that user, and pytest's own temporary folders are private)."""
+    """A server with authentication on any free port, stopped at the end whatever happens; its folder is one the
+    `postgres` user can enter (as root, PostgreSQL runs as that user, and pytest's own temporary folders are
+    private). One test uses it from start to stop: a second server would cost ~10 s more."""
     folder = Path(tempfile.mkdtemp(prefix="pipeline-server-", dir="/tmp"))
     folder.chmod(0o755)
     started = server_command("start", str(folder / "lab"), "--port", "0", "--auth")
@@ -55,7 +54,13 @@ def status_of(url: str, credentials: tuple[str, str] | None) -> int:
         return error.code
 
 
-def test_without_credentials_the_server_refuses_and_the_pipeline_says_what_to_set(server, monkeypatch):
+def test_a_group_server_refuses_strangers_tracks_a_sweep_whole_and_stops_clean(server, tmp_path, monkeypatch):
+    refuses_without_credentials(server, monkeypatch)
+    tracks_a_joblib_sweep_whole(server, tmp_path, monkeypatch)
+    stops_leaving_nothing_running(server)
+
+
+def refuses_without_credentials(server, monkeypatch):
     from pipeline import store
 
     assert status_of(server["url"], None) == 401
@@ -79,7 +84,8 @@ def test_a_run_against_a_server_that_is_not_there_is_one_line():
         store.check_server(f"http://127.0.0.1:{free_port()}")
 
 
-def test_a_joblib_sweep_through_the_server_loses_no_run_metric_or_artifact(server, tmp_path, monkeypatch):
+def tracks_a_joblib_sweep_whole(server, tmp_path, monkeypatch):
+    """No run, metric or artifact lost; the model loads through the server; the runs are rows in PostgreSQL."""
     import mlflow
     import psycopg2
     import torch
@@ -124,8 +130,7 @@ def test_a_joblib_sweep_through_the_server_loses_no_run_metric_or_artifact(serve
             assert cursor.fetchone()[0] == 2
 
 
-def test_stop_leaves_nothing_running(server):
-    """Last in this file (the tests of a file run in order, on one worker: the xdist group)."""
+def stops_leaving_nothing_running(server):
     from pipeline import store
     from pipeline.server import group_alive
 

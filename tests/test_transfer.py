@@ -1,7 +1,6 @@
 """Transfer learning as a user runs it: a network starts from another run's weights (model.init_from: a run id,
 latest:<experiment> or a checkpoint file), only the tensors that match by name and shape, and model.freeze keeps
 named parts fixed while the rest trains."""
-import shutil
 
 import mlflow
 import mlflow.pytorch
@@ -13,7 +12,6 @@ from pipeline import transfer
 from pipeline.errors import ConfigError
 from pipeline.models.building import build_network
 from pipeline.train import run
-from test_dvc import make_repo, read_metrics, set_flags, sh
 from test_images import write_mnist
 
 CNN = ["model=cnn", "threads=1", "trainer.max_epochs=1"]
@@ -116,25 +114,3 @@ def test_experiment_transfer_is_one_sweep_comparing_scratch_and_pretrained(run_p
     assert all(r.info.status == "FINISHED" and "test/acc" in r.data.metrics for r in children)
     summary = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/sweep/summary.md")
     assert "latest:mnist_lenet" in summary and "test/acc" in summary
-
-
-def test_dvc_exp_run_fine_tunes_from_a_checkpoint_and_records_it(tmp_path):
-    """The DVC pipeline trains with the same transfer keys: -S model.init_from=<a checkpoint> -S model.freeze=..."""
-    repo = make_repo(tmp_path / "project", *CNN)
-    sh(repo, "dvc", "repro")
-    source = tmp_path / "source.ckpt"
-    shutil.copy(repo / "results/train/model.ckpt", source)
-    # dvc exp run composes params.yaml anew from conf/ and the -S overrides: the model is named again.
-    sh(repo, "dvc", "exp", "run", *set_flags([*CNN, f"model.init_from={source}", "model.freeze=[features]", "seed=3"]))
-
-    def network(path):
-        state = torch.load(path, weights_only=False)["state_dict"]
-        return {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
-
-    before, after = network(source), network(repo / "results/train/model.ckpt")
-    assert all(torch.equal(after[key], before[key]) for key in after if key.startswith("features."))
-    assert not torch.equal(after["classifier.1.weight"], before["classifier.1.weight"])
-    assert set(read_metrics(repo)) >= {"acc", "loss"}
-    _, runs = all_runs(f"sqlite:///{repo}/mlflow.db")
-    tuned = next(r for r in runs if "transfer.init_from" in r.data.tags)
-    assert tuned.data.tags["transfer.init_from"] == str(source) and tuned.data.tags["transfer.frozen"] == "6"

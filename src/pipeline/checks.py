@@ -114,6 +114,10 @@ def check_config(cfg: DictConfig) -> None:
                           "their sum must be < 1")
     if "task" in cfg and "data" in cfg:
         check_data_fits_task(cfg)
+    if "trainer" in cfg and "data" in cfg:
+        from pipeline import distributed
+
+        distributed.check(cfg)
 
 
 def probe_input(cfg: DictConfig) -> torch.Tensor:
@@ -175,6 +179,10 @@ def check_job(cfg: DictConfig) -> None:
     """All of a run's checks that need no data loaded: the values, and one forward pass of the model on
     stand-in inputs of the data's declared shape (where the data declares its sizes; chars finds them on loading)."""
     check_config(cfg)
+    if "trainer" in cfg and "data" in cfg:
+        from pipeline import distributed
+
+        distributed.check(cfg, multirun=True)  # only sweeps check their jobs ahead
     sizes = [OmegaConf.select(cfg, key, default=_ABSENT) for key in ("data.num_classes", "data.vocab_size")]
     if "model" in cfg and None not in sizes:
         from pipeline.models.building import build_network, module_layers

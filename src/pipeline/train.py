@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from pipeline import resume, timing, tracking, transfer
+from pipeline import distributed, resume, timing, tracking, transfer
 from pipeline.checks import check_config, check_model_fits_data
 from pipeline.objective import objective
 from pipeline.precision import resolved as precision_for
@@ -140,6 +140,7 @@ def start(cfg: DictConfig) -> None:
     """What every entry point does first: validate, set threads, seed everything. Without `threads`, jobs that
     run side by side share the cores out (more threads than cores slow every job down)."""
     check_config(cfg)
+    distributed.prepare(cfg.trainer)
     jobs = parallel_jobs()
     threads = cfg.threads or (max(1, cores() // jobs) if jobs > 1 else None)
     if threads:
@@ -244,6 +245,8 @@ def run_identity(cfg: DictConfig) -> dict[str, str]:
 def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str | None = None,
         swept_keys: list[str] | None = None) -> dict[str, float]:
     """Train, test and track the experiment `cfg` describes; return its final train/val/test metrics."""
+    if not distributed.is_leader():
+        return follow(cfg)
     if overrides is None:
         overrides, parent_run_id, swept_keys = hydra_overrides()
     timing.reset()
@@ -271,6 +274,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str 
         if resumed:
             log.info("resuming run %s from %s", resumed.run_id, resumed.checkpoint)
         with phase("fit"):
+            distributed.hand_over(cfg, resumed and resumed.checkpoint)
             metrics, best = fit(trainer, task, datamodule, resumed and resumed.checkpoint)
         with phase("test"):
             trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=True)
@@ -300,3 +304,17 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str 
     ranked_by = objective(cfg)[0]
     print(f"{run_name}: {summary}  ({ranked_by}={metrics.get(ranked_by, float('nan')):.4f})")
     return metrics
+
+
+def follow(cfg: DictConfig) -> dict[str, float]:
+    """A data-parallel process other than the leader: the same fit and test on its share of the batches, with the
+    leader's config and checkpoint when Lightning started it (distributed.py); it neither tracks nor exports."""
+    cfg, checkpoint = distributed.handed() or (cfg, None)
+    start(cfg)
+    datamodule = build_data(cfg)
+    task = build_task(cfg, datamodule)
+    transfer.apply(task.model, cfg)  # DDP copies the leader's weights; what is frozen must match it
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=build_callbacks(cfg), **trainer_settings(cfg))
+    metrics, best = fit(trainer, task, datamodule, checkpoint)
+    trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    return {**metrics, **metrics_of(trainer)}

@@ -8,24 +8,46 @@ class TensorBatches:
 
     Lightning accepts any sized iterable as a dataloader; this one costs one index_select per batch,
     which is what a plain PyTorch loop over pre-shuffled tensors pays.
+
+    Under data-parallel training (`world` processes) each process takes its `rank`'s share of every epoch's order,
+    as torch's DistributedSampler does: every `world`-th example from `rank` on (all draw the same order from the
+    same seed). With `pad` (training) the order is first extended by its own start to a multiple of `world`, so
+    every process takes the same number of steps (each step's gradient exchange needs all of them); without it
+    (validation, test) every example is seen exactly once and the metrics, summed over processes, are exact.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator | None = None):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
+                 rank: int = 0, world: int = 1, pad: bool = False):
         if len(x) != len(y):
             raise ValueError(f"inputs and labels differ in length: {len(x)} vs {len(y)}")
         self.x, self.y = x, y
         self.batch_size = batch_size
         self.generator = generator
+        self.rank, self.world, self.pad = rank, world, pad
+
+    def examples(self) -> int:
+        """How many examples this process sees per epoch."""
+        n = len(self.x)
+        if self.world == 1:
+            return n
+        return -(-n // self.world) if self.pad else len(range(self.rank, n, self.world))
 
     def __len__(self) -> int:
-        return (len(self.x) + self.batch_size - 1) // self.batch_size
+        return (self.examples() + self.batch_size - 1) // self.batch_size
+
+    def order(self) -> torch.Tensor | None:
+        """This epoch's indices for this process; None: all examples in their stored order."""
+        n = len(self.x)
+        order = torch.randperm(n, generator=self.generator) if self.generator is not None else None
+        if self.world == 1:
+            return order
+        order = torch.arange(n) if order is None else order
+        if self.pad:
+            order = order.repeat(-(-self.world // n) + 1)[: -(-n // self.world) * self.world]
+        return order[self.rank :: self.world]
 
     def __iter__(self):
-        n = len(self.x)
-        if self.generator is not None:
-            order = torch.randperm(n, generator=self.generator)
-            x, y = self.x[order], self.y[order]
-        else:
-            x, y = self.x, self.y
-        for start in range(0, n, self.batch_size):
+        order = self.order()
+        x, y = (self.x, self.y) if order is None else (self.x[order], self.y[order])
+        for start in range(0, len(x), self.batch_size):
             yield x[start : start + self.batch_size], y[start : start + self.batch_size]

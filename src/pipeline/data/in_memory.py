@@ -25,6 +25,8 @@ class InMemoryDataModule(pl.LightningDataModule):
     Splits are stratified and seeded, so the same seed always gives the same split.
     """
 
+    splits_across_processes = True  # data-parallel training gives each process its share of batches()
+
     def __init__(self, name: str, input_shape, num_classes: int, root: str, batch_size: int,
                  val_fraction: float, seed: int, test_fraction: float | None = None, class_names=None,
                  class_weighting: str = "none", train_size: int | None = None, classes=None):
@@ -143,8 +145,14 @@ class InMemoryDataModule(pl.LightningDataModule):
         return {"data": self.name, "class_names": self.class_names, "input_shape": list(self.input_shape)}
 
     def batches(self, split: str, shuffle: bool = False) -> TensorBatches:
+        """A split's batches; inside a data-parallel fit or test, this process's share of them (TensorBatches).
+        Outside them (plots, predictions after the test) the whole split."""
         x, y = self.splits[split]
-        return TensorBatches(x, y, self.batch_size, self.shuffle_generator if shuffle else None)
+        trainer = self.trainer  # set by Lightning once a trainer uses this datamodule
+        inside = trainer is not None and trainer.state.stage is not None
+        rank, world = (trainer.global_rank, trainer.world_size) if inside else (0, 1)
+        return TensorBatches(x, y, self.batch_size, self.shuffle_generator if shuffle else None, rank, world,
+                             pad=shuffle)
 
     def train_dataloader(self):
         return self.batches("train", shuffle=True)

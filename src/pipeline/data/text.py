@@ -190,5 +190,7 @@ class TextDataModule(InMemoryDataModule):
         """The vocabulary in id order: what turns a logged model's rows back into words."""
         return {"data": self.name, "path": str(self.path), "min_count": self.min_count, "words": self.words}
 
+    splits_across_processes = False  # EpochWindows draws the training windows whole
+
     def train_dataloader(self):
         return EpochWindows(self)

@@ -91,7 +91,8 @@ class Task(pl.LightningModule):
         for key in self.best_of:
             name = key.removeprefix("val/")
             self.val_best[name](self.val_metric(key).compute())
-            self.log(f"{key}_best", self.val_best[name].compute(), prog_bar=False)
+            # the same on every process (computed from metrics summed over them): sync_dist only says so
+            self.log(f"{key}_best", self.val_best[name].compute(), prog_bar=False, sync_dist=True)
 
     def configure_optimizers(self):
         optimizer = self.optimizer(params=self.parameters())
