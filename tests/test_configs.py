@@ -30,7 +30,11 @@ OPTIMIZERS = [optimizer for optimizer in OPTIMIZERS if not optimizer.startswith(
 # The models task=classify trains (they output class scores); every task × model × data is in test_tasks.py.
 OTHER_TASKS_MODELS = {"conv_autoencoder", "linear_autoencoder", "vae", "conv_vae", "word2vec", "policy_mlp", "dcgan"}
 MODELS = [model for model in ALL_MODELS if model not in OTHER_TASKS_MODELS]
-TRAINERS, LOGGERS, CALLBACKS = options("trainer"), options("logger"), options("callbacks")
+# One-process trainers and local loggers: trainer=ddp_cpu starts processes (tests/test_ddp.py), gpu and ddp_gpu need
+# a GPU, logger=mlflow_server a server (tests/test_server.py).
+ELSEWHERE = {"ddp_cpu", "gpu", "ddp_gpu", "mlflow_server"}
+TRAINERS, LOGGERS, CALLBACKS = ([option for option in options(group) if option not in ELSEWHERE]
+                                for group in ("trainer", "logger", "callbacks"))
 OFFLINE_DATA = ["digits", "moons", "spirals", "xor"]  # no files needed; image sets are tested in test_images.py
 IMAGE_DATA = {"digits", "mnist", "fashion_mnist", "cifar10"}
 VECTOR_MODELS = {"linear", "mlp"}  # flatten any float input; the image models need (channels, height, width)
