@@ -26,5 +26,6 @@ def test_tiny_benchmark_prints_sane_ratios_per_case():
         rates, seconds, (bare_ratio, pipeline_ratio) = numbers[0:6:2], numbers[1:6:2], numbers[6:]
         for rate, per_epoch in zip(rates, seconds):  # images/s × s/epoch is one epoch's images, for every loop
             assert rate * per_epoch == pytest.approx(DIGITS_TRAIN, rel=0.02), name
-        assert bare_ratio == pytest.approx(rates[1] / rates[0], rel=0.05), name
-        assert pipeline_ratio == pytest.approx(rates[2] / rates[0], rel=0.05), name
+        # the ratios are printed to two decimals: a small one (a busy machine) is off by up to 0.005 from rounding
+        assert bare_ratio == pytest.approx(rates[1] / rates[0], rel=0.05, abs=0.006), name
+        assert pipeline_ratio == pytest.approx(rates[2] / rates[0], rel=0.05, abs=0.006), name

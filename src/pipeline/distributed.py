@@ -25,11 +25,15 @@ def is_leader() -> bool:
 
 
 def processes(trainer: DictConfig) -> int:
-    """How many processes the trainer config trains with on one node (devices: an int, a list, or -1/auto: one)."""
+    """How many processes the trainer config trains with (devices: a count, a list of ids, or -1/auto: every GPU
+    here, else one), times its nodes."""
     devices = trainer.get("devices", 1)
     count = len(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices) else devices
-    count = count if isinstance(count, int) and count > 0 else 1
-    return count * int(trainer.get("num_nodes") or 1)
+    if not isinstance(count, int) or count <= 0:
+        import torch
+
+        count = torch.cuda.device_count() if trainer.get("accelerator") in ("gpu", "cuda") else 1
+    return max(count, 1) * int(trainer.get("num_nodes") or 1)
 
 
 def strategy_name(trainer: DictConfig) -> str:
