@@ -5,7 +5,7 @@ from contextlib import contextmanager
 from omegaconf import DictConfig
 
 from pipeline import liveness, tracking
-from pipeline.search.job_environment import job_environment, machine_environment
+from pipeline.search.job_environment import job_environment
 
 ENV = (tracking.PARENT_RUN_ENV, tracking.PARENT_RUN_ENV + "_URI", tracking.SWEPT_KEYS_ENV)
 
@@ -25,8 +25,7 @@ def sweep_parent_run(config: DictConfig, resume_run_id: str | None = None, tags=
     is summarised (summarise, below) and ends FINISHED if any child finished, FAILED if none did; when it is
     interrupted, it and every child still running end KILLED."""
     if not tracking.uses_mlflow(config):
-        with job_environment(config, machine_environment()):
-            yield SweepParent(None)
+        yield SweepParent(None)
         return
     uri = config.logger.tracking_uri
     client = tracking.client(uri)
@@ -46,8 +45,7 @@ def sweep_parent_run(config: DictConfig, resume_run_id: str | None = None, tags=
         client.log_text(run_id, "\n".join(config.hydra.overrides.task) + "\n", "sweep/overrides.txt")
     parent = SweepParent(run_id, uri)
     try:
-        handed = {**machine_environment(), **dict(zip(ENV, (run_id, uri, ",".join(swept_keys(config)))))}
-        with job_environment(config, handed), \
+        with job_environment(config, dict(zip(ENV, (run_id, uri, ",".join(swept_keys(config)))))), \
                 liveness.Heartbeat(client, run_id):
             yield parent
     except BaseException as error:
