@@ -81,8 +81,8 @@ def test_lightnings_ddp_under_a_sweep_is_refused_before_anything_runs(run_py, tr
 
 
 def test_data_that_is_not_split_across_processes_is_refused(compose_config):
-    from pipeline.checks import check_config
     from pipeline.errors import ConfigError
+    from pipeline.train import start
 
     with pytest.raises(ConfigError, match="trainer.devices=2 with data=text: its batches are not split"):
-        check_config(compose_config("trainer=ddp_cpu", "task=embed", "model=word2vec", "data=text"))
+        start(compose_config("trainer=ddp_cpu", "task=embed", "model=word2vec", "data=text"))

@@ -114,10 +114,6 @@ def check_config(cfg: DictConfig) -> None:
                           "their sum must be < 1")
     if "task" in cfg and "data" in cfg:
         check_data_fits_task(cfg)
-    if "trainer" in cfg and "data" in cfg:
-        from pipeline import distributed
-
-        distributed.check(cfg)
 
 
 def probe_input(cfg: DictConfig) -> torch.Tensor:

@@ -140,6 +140,7 @@ def start(cfg: DictConfig) -> None:
     """What every entry point does first: validate, set threads, seed everything. Without `threads`, jobs that
     run side by side share the cores out (more threads than cores slow every job down)."""
     check_config(cfg)
+    distributed.check(cfg)
     distributed.prepare(cfg.trainer)
     jobs = parallel_jobs()
     threads = cfg.threads or (max(1, cores() // jobs) if jobs > 1 else None)

@@ -1,4 +1,6 @@
 """Mini-batches sliced from in-memory tensors: no per-sample Python, no collate, no worker processes."""
+import math
+
 import torch
 
 
@@ -30,7 +32,7 @@ class TensorBatches:
         n = len(self.x)
         if self.world == 1:
             return n
-        return -(-n // self.world) if self.pad else len(range(self.rank, n, self.world))
+        return math.ceil(n / self.world) if self.pad else len(range(self.rank, n, self.world))
 
     def __len__(self) -> int:
         return (self.examples() + self.batch_size - 1) // self.batch_size
@@ -42,8 +44,9 @@ class TensorBatches:
         if self.world == 1:
             return order
         order = torch.arange(n) if order is None else order
-        if self.pad:
-            order = order.repeat(-(-self.world // n) + 1)[: -(-n // self.world) * self.world]
+        if self.pad:  # the order, repeated from its start, up to the next multiple of `world`
+            padded = math.ceil(n / self.world) * self.world
+            order = order.repeat(math.ceil(padded / n))[:padded]
         return order[self.rank :: self.world]
 
     def __iter__(self):
