@@ -5,7 +5,7 @@ from contextlib import contextmanager
 from omegaconf import DictConfig
 
 from pipeline import liveness, tracking
-from pipeline.search.job_environment import job_environment
+from pipeline.search.job_environment import job_environment, machine_environment
 
 ENV = (tracking.PARENT_RUN_ENV, tracking.PARENT_RUN_ENV + "_URI", tracking.SWEPT_KEYS_ENV)
 
@@ -25,7 +25,8 @@ def sweep_parent_run(config: DictConfig, resume_run_id: str | None = None, tags=
     is summarised (summarise, below) and ends FINISHED if any child finished, FAILED if none did; when it is
     interrupted, it and every child still running end KILLED."""
     if not tracking.uses_mlflow(config):
-        yield SweepParent(None)
+        with job_environment(config, machine_environment()):
+            yield SweepParent(None)
         return
     uri = config.logger.tracking_uri
     client = tracking.client(uri)
@@ -45,7 +46,8 @@ def sweep_parent_run(config: DictConfig, resume_run_id: str | None = None, tags=
         client.log_text(run_id, "\n".join(config.hydra.overrides.task) + "\n", "sweep/overrides.txt")
     parent = SweepParent(run_id, uri)
     try:
-        with job_environment(config, dict(zip(ENV, (run_id, uri, ",".join(swept_keys(config)))))), \
+        handed = {**machine_environment(), **dict(zip(ENV, (run_id, uri, ",".join(swept_keys(config)))))}
+        with job_environment(config, handed), \
                 liveness.Heartbeat(client, run_id):
             yield parent
     except BaseException as error:

@@ -1,0 +1,60 @@
+"""A sweep's jobs on a Ray cluster: a real head node on 127.0.0.1 with 2 CPUs, joined by hydra/launcher=ray_cluster;
+the jobs run in Ray's worker processes and land as children of the sweep's one MLflow parent run."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import all_runs
+from pipeline.server import free_port
+
+RAY = str(Path(sys.executable).with_name("ray"))
+QUIET = {"RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@pytest.fixture
+def ray_head():
+    """A Ray head on loopback, stopped (with every Ray process it started) at the end."""
+    port = free_port()
+    env = {**os.environ, **QUIET}
+    started = subprocess.run([RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                              "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
+                             env=env, capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def ray_processes() -> list[str]:
+    names = []
+    for stat in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            command = stat.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "raylet" in command or "gcs_server" in command:
+            names.append(command[:80])
+    return names
+
+
+def test_a_sweep_runs_its_jobs_on_a_ray_cluster_under_one_parent(ray_head, run_py, tracking_uri):
+    swept = run_py("-m", "hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address={ray_head}",
+                   "optimizer.lr=0.01,0.03", "trainer.max_epochs=1", env=QUIET, timeout=600)
+    assert swept.returncode == 0, swept.stderr[-3000:]
+
+    _, runs = all_runs(tracking_uri)
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and len(runs) == 3
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    assert {child.data.params["optimizer.lr"] for child in children} == {"0.01", "0.03"}
+    # The jobs ran in Ray's worker processes, not in the sweeping process (as the basic launcher's would).
+    assert parent.data.tags["pipeline.pid"] not in {child.data.tags["pipeline.pid"] for child in children}
+
+    assert ray_processes()  # the head still runs; `ray stop` leaves nothing behind
+    subprocess.run([RAY, "stop", "--force"], env={**os.environ, **QUIET}, capture_output=True, timeout=120)
+    assert not ray_processes()
