@@ -77,3 +77,16 @@ def http_folder(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield served, f"http://127.0.0.1:{server.server_address[1]}/"
     server.shutdown()
+
+
+def running_commands(*containing: str) -> list[str]:
+    """Command lines of the running processes that contain any of `containing`: what a test's servers left behind."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            command = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # it ended while we looked
+            continue
+        if any(text in command for text in containing):
+            found.append(command)
+    return found

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import all_runs
+from conftest import all_runs, running_commands
 from pipeline.server import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -30,15 +30,7 @@ def ray_head():
 
 
 def ray_processes() -> list[str]:
-    names = []
-    for stat in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            command = stat.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "raylet" in command or "gcs_server" in command:
-            names.append(command[:80])
-    return names
+    return running_commands("raylet", "gcs_server")
 
 
 def test_a_sweep_runs_its_jobs_on_a_ray_cluster_under_one_parent(ray_head, run_py, tracking_uri):

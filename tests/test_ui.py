@@ -9,10 +9,9 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from pathlib import Path
 
 import pytest
-from conftest import ROOT, all_runs
+from conftest import ROOT, all_runs, running_commands
 
 SHOTS = ROOT / "test-outputs" / "dashboard"
 LINK = re.compile(r"(http://127\.0\.0\.1:(\d+)/#/experiments/\d+/runs\?viewStateShareKey=\w+)")
@@ -43,19 +42,6 @@ def answers(port: str) -> bool:
         return True
     except OSError:
         return False
-
-
-def processes_naming(text: str) -> list[str]:
-    """Command lines of running processes that contain `text` (the server and its workers name the store)."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            command = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:  # ended while we looked
-            continue
-        if text in command:
-            found.append(command)
-    return found
 
 
 def browser(playwright):
@@ -147,7 +133,7 @@ def test_the_dashboard_opens_on_the_sweeps_runs_with_its_metrics_and_plots(run_p
         code = ui.wait(timeout=60)
     assert code == 0, ui.stderr.read()[-3000:]
     assert not answers(port), "the dashboard's server still answers after Ctrl-C"
-    assert not processes_naming(tracking_uri), "the dashboard left processes behind"
+    assert not running_commands(tracking_uri), "the dashboard left processes behind"
 
 
 def test_an_empty_store_is_refused_with_what_to_do(tracking_uri, tmp_path):
