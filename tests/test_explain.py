@@ -4,6 +4,7 @@ tracked run (and its one-line refusals), and the DVC visualize stage's explanati
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -109,10 +110,13 @@ def train_tiny(compose_config, tracking_uri):
 
 
 def test_explain_a_tracked_cnn_run_writes_figure_and_json_and_logs_them_back(train_tiny, tracking_uri, tmp_path):
-    run_id = train_tiny("model=cnn", "model.channels=[8,16]", "model.pool_after=[0,1]", "optimizer.lr=0.02")
+    run_id = train_tiny("model=cnn", "model.channels=[8,16]", "model.pool_after=[0,1]", "optimizer.lr=0.02",
+                        "viz.explain_images=50", "viz.explain_steps=6")
     client = mlflow.MlflowClient(tracking_uri)
     plots = {item.path for item in client.list_artifacts(run_id, "plots")}
     assert {"plots/explanations.png", "plots/explanations.json"} <= plots  # run.py's own run draws them too
+    logged = json.loads(Path(client.download_artifacts(run_id, "plots/explanations.json", str(tmp_path))).read_text())
+    assert (logged["images"], logged["steps"]) == (50, 6)  # as viz.explain_images and viz.explain_steps said
 
     out = tmp_path / "explained"
     result = subprocess.run([sys.executable, "-m", "pipeline.explain", "--run", run_id, "--tracking-uri",

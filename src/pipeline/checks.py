@@ -64,6 +64,8 @@ RULES = [
     ("scheduler.gamma", lambda v: _number(v) and v > 0, "a number > 0"),
     ("scheduler.T_max", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("trainer.max_epochs", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("viz.explain_images", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("viz.explain_steps", lambda v: _integer(v) and v >= 2, "an integer >= 2"),
     ("task.mode", lambda v: v in ("max", "min"), "max or min"),
     ("task.monitor", lambda v: isinstance(v, str) and v.startswith("val/"), "a validation metric, e.g. val/acc"),
 ]

@@ -129,7 +129,8 @@ class Classifier(Task):
     def plots(self, datamodule, viz: DictConfig, folder: Path) -> list[Path]:
         """Confusion matrix, misclassified images; for CNNs the first layer's filters and feature maps of the test
         example `viz.example`; for image inputs explanations (saliency, integrated gradients, Grad-CAM) of four
-        test images from there, with the deletion test and sanity check on 300 test images (explanations.json);
+        test images from there, with the deletion test and sanity check on `viz.explain_images` test images
+        (explanations.json);
         for points in the plane (the toy sets) the decision regions (decision_regions.png)."""
         from pipeline.viz.classification import classification_plots
         from pipeline.viz.explanations import explanation_files
@@ -141,7 +142,8 @@ class Classifier(Task):
         paths += network_plots(self.model, images[index], folder, viz.max_channels, viz.dpi)
         if images.dim() == 4 and images.is_floating_point():
             shown = range(index, index + 4)
-            paths += explanation_files(self.model, datamodule, folder, shown, sample=300, dpi=viz.dpi)[1]
+            paths += explanation_files(self.model, datamodule, folder, shown, sample=viz.explain_images,
+                                       steps=viz.explain_steps, dpi=viz.dpi)[1]
         regions = self.decision_regions(images, labels, datamodule.class_names)
         if regions is not None:
             from pipeline.viz.decision_regions import plot_decision_regions
