@@ -53,13 +53,33 @@ def test_a_wrong_number_of_views_is_one_clear_error():
         WhitenedCNN([3, 32, 32], 10, test_time_views=3)
 
 
+def test_batchnorm_shifts_learn_faster_with_the_same_decay_per_step_and_the_schedule_keeps_the_ratio():
+    import functools
+
+    from pipeline.tasks.classify import Classifier
+
+    model = WhitenedCNN([3, 32, 32], 10, widths=[8, 16, 16])
+    optimizer = functools.partial(torch.optim.SGD, lr=1.5, momentum=0.85, nesterov=True, weight_decay=0.0013)
+    task = Classifier(model, optimizer, num_classes=10, norm_bias_lr_scale=64)
+    others, shifts = task.parameter_groups()
+    norms = [module for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    assert {id(p) for p in shifts["params"]} == {id(norm.bias) for norm in norms}  # their scales are not trained
+    assert not {id(p) for p in shifts["params"]} & {id(p) for p in others["params"]}
+    assert shifts["lr"] == 1.5 * 64 and shifts["weight_decay"] == pytest.approx(0.0013 / 64)
+    assert len(list(Classifier(model, optimizer, num_classes=10).parameter_groups())) == len(list(model.parameters()))
+
+    with pytest.raises(Exception, match=r"task.norm_bias_lr_scale=0 is invalid: must be a number > 0"):
+        Classifier(model, optimizer, num_classes=10, norm_bias_lr_scale=0)
+
+
 def test_the_cifar10_experiment_trains_and_tests_the_weight_average(compose_config, tmp_path):
     write_cifar(tmp_path / "data" / "cifar-10-batches-py", per_batch=40, test=40)
     cfg = compose_config("experiment=cifar10_cnn", "logger=none", f"data.root={tmp_path}/data",
                          f"data.cache_dir={tmp_path}/cache", "data.download=false", "data.batch_size=32",
                          "data.val_fraction=0.2", "model.widths=[8,16,16]", "trainer.max_epochs=3",
                          "callbacks.weight_average.update_starting_at_epoch=0", "callbacks.weight_average.decay=0.5",
-                         "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", "threads=1")
+                         "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", "threads=1",
+                         "task.norm_bias_lr_scale=64")
     train.start(cfg)
     datamodule = train.build_data(cfg)
     task = train.build_task(cfg, datamodule)
@@ -69,6 +89,8 @@ def test_the_cifar10_experiment_trains_and_tests_the_weight_average(compose_conf
     trainer = train.build_trainer(cfg, None)
     metrics, best = train.fit(trainer, task, datamodule)
     assert best and "val/acc_best" in metrics
+    others, shifts = trainer.optimizers[0].param_groups  # the one-cycle schedule moved both, keeping their ratio
+    assert others["lr"] != cfg.optimizer.lr and shifts["lr"] == pytest.approx(64 * others["lr"])
     trainer.test(task, datamodule=datamodule, ckpt_path="best", verbose=False)
     checkpoint = torch.load(best, weights_only=False)
     averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]

@@ -94,13 +94,38 @@ class Task(pl.LightningModule):
             # the same on every process (computed from metrics summed over them): sync_dist only says so
             self.log(f"{key}_best", self.val_best[name].compute(), prog_bar=False, sync_dist=True)
 
+    # BatchNorm shifts (biases) learn this many times faster than the other weights, their weight decay divided by
+    # it so that the decay per step stays the same (airbench's bias_scaler); 1: one group. Set by task= options
+    # that take it (classify: task.norm_bias_lr_scale).
+    norm_bias_lr_scale: float = 1.0
+
+    def parameter_groups(self):
+        """What the optimizer gets: every parameter in one group, or the trained BatchNorm shifts in a second one
+        with the learning rate scaled by norm_bias_lr_scale (the optimizer's weight decay divided by it)."""
+        if self.norm_bias_lr_scale == 1:
+            return self.parameters()
+        settings = getattr(self.optimizer, "keywords", {})
+        if "lr" not in settings:
+            raise ConfigError(f"task.norm_bias_lr_scale={self.norm_bias_lr_scale} needs an optimizer with a "
+                              "learning rate (optimizer.lr), such as optimizer=sgd or momentum")
+        norms = [module for module in self.model.modules() if isinstance(module, nn.modules.batchnorm._NormBase)]
+        shifts = [module.bias for module in norms if module.bias is not None and module.bias.requires_grad]
+        shift_ids = {id(shift) for shift in shifts}
+        scale, decay = self.norm_bias_lr_scale, settings.get("weight_decay", 0.0)
+        return [{"params": [p for p in self.parameters() if id(p) not in shift_ids]},
+                {"params": shifts, "lr": settings["lr"] * scale, "weight_decay": decay / scale}]
+
     def configure_optimizers(self):
-        optimizer = self.optimizer(params=self.parameters())
+        groups = self.parameter_groups()
+        optimizer = self.optimizer(params=groups)
         if self.scheduler is None:
             return optimizer
         if getattr(self.scheduler, "func", None) is torch.optim.lr_scheduler.OneCycleLR:
-            # One-cycle schedules are defined over the whole run's steps, which only the trainer knows.
-            scheduler = self.scheduler(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+            # One-cycle schedules are defined over the whole run's steps, which only the trainer knows; each group
+            # peaks at the schedule's max_lr scaled as the group's learning rate is.
+            peak, steps = self.scheduler.keywords["max_lr"], int(self.trainer.estimated_stepping_batches)
+            peaks = [peak * group["lr"] / optimizer.defaults["lr"] for group in optimizer.param_groups]
+            scheduler = self.scheduler(optimizer, max_lr=peaks if len(peaks) > 1 else peak, total_steps=steps)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer),
                                                           "interval": "epoch"}}

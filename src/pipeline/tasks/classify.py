@@ -40,8 +40,12 @@ class Classifier(Task):
 
     def __init__(self, model: nn.Module, optimizer, num_classes: int, scheduler=None,
                  log_every_step: bool = False, label_smoothing: float = 0.0, channels_last: bool = False,
-                 loss: str = "cross_entropy", monitor: str = "val/acc", mode: str = "max", loss_functions=None):
+                 loss: str = "cross_entropy", monitor: str = "val/acc", mode: str = "max", loss_functions=None,
+                 norm_bias_lr_scale: float = 1.0):
         super().__init__(model, optimizer, scheduler, monitor, mode, log_every_step)
+        if not (isinstance(norm_bias_lr_scale, (int, float)) and norm_bias_lr_scale > 0):
+            raise ConfigError(f"task.norm_bias_lr_scale={norm_bias_lr_scale} is invalid: must be a number > 0")
+        self.norm_bias_lr_scale = float(norm_bias_lr_scale)
         if loss == "hinge" and label_smoothing:
             raise ConfigError(f"task.label_smoothing={label_smoothing} does not apply to task.loss=hinge (a margin "
                               "loss has no target distribution to smooth): set it to 0 or pick another loss")
