@@ -17,6 +17,7 @@ BAD_INPUT = [
     (["model.input_shape=[5]"], ["MLP", "digits", "[1, 8, 8]"]),  # a model that can't take the data's shape
     (["data=xor", "data.input_shape=[3]"], ["data.input_shape=[3]", "[2]"]),  # found when the data is loaded
     (["-m", "optimizer.lr=0.1,-1"], ["sweep job 1", "optimizer.lr=-1", "> 0", "nothing was run"]),  # sweeps too
+    (["--cfg", "job", "-m", "optimizer.lr=0.1,1"], ["Only one of --run, --multirun", "leave out -m"]),  # Hydra's
 ]
 # More values outside their rules: the same checks (checks.check_job) and the same one-line message (cli.describe)
 # as the command's, without a process each.

@@ -54,6 +54,9 @@ def describe(error: BaseException) -> str | None:
         return f"{where}: {type(cause).__name__}: {_first_line(cause)}" if cause is not None else where
     if isinstance(error, OmegaConfBaseException):
         return _first_line(error)
+    if isinstance(error, ValueError) and str(error).startswith("Only one of --run, --multirun"):  # Hydra's flags
+        return (f"{error}: leave out -m to print a sweep's config (python run.py <overrides> --cfg job, or --cfg "
+                "hydra for the launcher's settings)")
     return None
 
 
