@@ -25,6 +25,7 @@ ROWS = {
     "no_weight_average": ["~callbacks.weight_average"],
     "no_label_smoothing": ["task.label_smoothing=0"],
     "no_bias_scale": ["task.norm_bias_lr_scale=1"],  # the BatchNorm shifts at the others' learning rate
+    "whitening_bias_always": ["model.whitening_bias_epochs=null"],  # trained every epoch, not the first 3 only
     "learned_first_layer": ["model.fit_whitening=false"],  # no whitening: the 2x2 conv learned like the others
     # The CNN recipe this one replaced: six 3x3 convs (32-128 channels), batch 256, one-cycle SGD, 11 epochs.
     "previous_cnn": ["model=cnn", "model.channels=[32,32,64,64,128,128]", "model.pool_after=[1,3,5]",

@@ -48,6 +48,25 @@ def test_test_time_views_average_the_mirrored_and_shifted_images_in_eval_mode_on
     assert torch.allclose(model.train()(x), one(x))  # training sees the image as it is
 
 
+def test_the_whitening_bias_learns_for_its_epochs_then_stays_even_under_momentum():
+    model = WhitenedCNN([3, 32, 32], 10, widths=[8, 16, 16], whitening_bias_epochs=2)
+    images, labels = correlated_images(16), torch.arange(16) % 10
+    optimizer = torch.optim.SGD([p for p in model.parameters()], lr=0.1, momentum=0.9, weight_decay=0.01)
+
+    def one_step():
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+
+    for epoch in range(4):
+        model.start_epoch(epoch)
+        bias = model.whiten.bias.clone()
+        one_step()
+        assert torch.equal(model.whiten.bias, bias) == (epoch >= 2), epoch  # momentum alone would still move it
+    with pytest.raises(ValueError, match=r"model.whitening_bias_epochs=-1 is invalid"):
+        WhitenedCNN([3, 32, 32], 10, whitening_bias_epochs=-1)
+
+
 def test_a_wrong_number_of_views_is_one_clear_error():
     with pytest.raises(ValueError, match=r"model.test_time_views=3 is invalid: must be one of \[1, 2, 6\]"):
         WhitenedCNN([3, 32, 32], 10, test_time_views=3)

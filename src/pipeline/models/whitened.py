@@ -3,7 +3,7 @@ layer that is computed, not learned, and from wide late layers on small images.
 
 - whitening: a 2x2 convolution whose filters are the training patches' principal directions scaled to unit variance
   (and their negatives: the activation after it keeps one sign of each), fitted from the data before training and
-  then fixed (its bias is learned);
+  then fixed (its bias is learned, for the first `whitening_bias_epochs` epochs where that is set);
 - three blocks of conv 3x3 → 2x2 max-pool → BatchNorm → GELU → conv 3x3 → BatchNorm → GELU (widths 64, 256, 256),
   each conv starting as an identity on its first input channels (`dirac`): the net starts out passing the whitened
   image on, which makes a high learning rate safe from the first step; BatchNorm learns only its shift (its scale
@@ -27,7 +27,7 @@ class WhitenedCNN(nn.Module):
     def __init__(self, input_shape, num_classes: int, widths=(64, 256, 256), whitening_size: int = 2,
                  activation: str = "gelu", logit_scale: float = 1 / 9, batchnorm_momentum: float = 0.4,
                  test_time_views: int = 1, whitening_images: int = 5000, fit_whitening: bool = True,
-                 batchnorm: bool = True, dropout: float = 0.0):
+                 batchnorm: bool = True, dropout: float = 0.0, whitening_bias_epochs: int | None = None):
         super().__init__()
         channels, height, width = image_shape("WhitenedCNN", input_shape)
         if test_time_views not in VIEWS:
@@ -42,6 +42,11 @@ class WhitenedCNN(nn.Module):
         # (what the whitening is worth: benchmarks/cifar_recipe.py).
         self.whiten.weight.requires_grad_(not fit_whitening)
         self.fit_whitening, self.whitening_images = fit_whitening, whitening_images
+        if whitening_bias_epochs is not None and not (isinstance(whitening_bias_epochs, int) and
+                                                      whitening_bias_epochs >= 0):
+            raise ValueError(f"model.whitening_bias_epochs={whitening_bias_epochs!r} is invalid: must be null (always "
+                             "trained) or an integer >= 0")
+        self.whitening_bias_epochs = whitening_bias_epochs
         layers, width_in = [make_activation(activation)], 2 * patch_numbers
         for width_out in widths:
             norm = (lambda: scale_free_batchnorm(width_out, batchnorm_momentum)) if batchnorm else nn.Identity
@@ -53,6 +58,12 @@ class WhitenedCNN(nn.Module):
         self.classifier = nn.Linear(width_in, num_classes, bias=False)
         self.logit_scale = logit_scale
         self.test_time_views = test_time_views
+
+    def start_epoch(self, epoch: int) -> None:
+        """The whitening bias is trained for the first `whitening_bias_epochs` epochs only (airbench), then fixed:
+        without a gradient the optimizer leaves it, its momentum and its weight decay alone."""
+        if self.whitening_bias_epochs is not None:
+            self.whiten.bias.requires_grad_(epoch < self.whitening_bias_epochs)
 
     @torch.no_grad()
     def initialise_from_data(self, images: torch.Tensor) -> None:

@@ -197,6 +197,12 @@ class Task(pl.LightningModule):
         entry[0] = entry[0] + value * count
         entry[1] += count
 
+    def on_train_epoch_start(self) -> None:
+        """A model whose trained parts change with the epoch (a `start_epoch(epoch)` method) hears of each."""
+        start_epoch = getattr(self.model, "start_epoch", None)
+        if start_epoch is not None:
+            start_epoch(self.current_epoch)
+
     def on_train_epoch_end(self) -> None:
         for key, (total, count, prog_bar) in self.epoch_sums.items():
             self.log(key, total / count, prog_bar=prog_bar, sync_dist=True)
