@@ -45,9 +45,10 @@ TINY = {
     "digits_mlp": ["data=digits", "model=mlp", "model.hidden=[32]", "regularization=dropout", "scheduler=cosine"],
     "digits_cnn": ["data=digits", "model=cnn", "model.channels=[8,16]", "model.pool_after=[1]",
                    "regularization=batchnorm", "optimizer=momentum", "scheduler=onecycle", "task.label_smoothing=0.1",
-                   "task.channels_last=true", "+data.class_weighting=balanced", "+trainer.precision=bf16-mixed"],
+                   "task.channels_last=true", "+data.class_weighting=balanced", "trainer.precision=bf16-mixed"],
 }
 LOOPS = ("plain", "bare lightning", "pipeline")
+NO_CHECKPOINTS = "pipeline without checkpoints"  # --breakdown
 BARE = dict(logger=False, callbacks=[], enable_progress_bar=False, enable_checkpointing=False)
 
 
@@ -61,9 +62,13 @@ def build(cfg, by_hand: bool = True):
     return datamodule, task
 
 
-def time_lightning(cfg, bare: bool) -> float:
+def time_lightning(cfg, bare: bool, checkpoints: bool = True) -> float:
+    """checkpoints=False: the pipeline without its best and last checkpoints (their per-epoch writes, which on a GPU
+    can take as long as a small model's epoch)."""
     datamodule, task = build(cfg, by_hand=not bare)
     trainer = instantiate(cfg.trainer, **BARE, **trainer_settings(cfg)) if bare else build_trainer(cfg, None)
+    if not checkpoints:
+        trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, pl.callbacks.ModelCheckpoint)]
     start = time.perf_counter()
     trainer.fit(task, datamodule=datamodule)
     return time.perf_counter() - start
@@ -79,7 +84,7 @@ def time_plain_loop(cfg) -> float:
         weights = datamodule.class_weights()
         task.class_weight = None if weights is None else weights.to(device)
     optimizer = instantiate(cfg.optimizer)(params=model.parameters())
-    batches = datamodule.train_dataloader()
+    batches = datamodule.batches("train", shuffle=True, device=device)
     scheduler = None
     if cfg.get("scheduler"):
         partial = instantiate(cfg.scheduler)
@@ -115,7 +120,7 @@ def validate(model, task, datamodule, bf16: bool, device: torch.device) -> float
     """The validation split's accuracy, as a student's loop checks after each epoch."""
     model.eval()
     correct = 0
-    for x, y in datamodule.val_dataloader():
+    for x, y in datamodule.batches("val", device=device):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if task.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -125,13 +130,15 @@ def validate(model, task, datamodule, bf16: bool, device: torch.device) -> float
     return correct / len(datamodule.splits["val"][1])
 
 
-def measure(cfg, repeats: int) -> dict[str, float]:
+def measure(cfg, repeats: int, loops=LOOPS) -> dict[str, float]:
     """Seconds per run of each loop, the median of `repeats`, the loops interleaved (a load spike hits all)."""
-    times = {loop: [] for loop in LOOPS}
+    times = {loop: [] for loop in loops}
     for _ in range(repeats):
         times["plain"].append(time_plain_loop(cfg))
         times["bare lightning"].append(time_lightning(cfg, bare=True))
         times["pipeline"].append(time_lightning(cfg, bare=False))
+        if NO_CHECKPOINTS in loops:
+            times[NO_CHECKPOINTS].append(time_lightning(cfg, bare=False, checkpoints=False))
     return {loop: statistics.median(values) for loop, values in times.items()}
 
 
@@ -142,6 +149,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES) + list(TINY))
     parser.add_argument("--tiny", action="store_true", help="tiny models on data=digits: checks the benchmark runs")
+    parser.add_argument("--breakdown", action="store_true", help="also the pipeline without its checkpoints")
+    parser.add_argument("--accelerators", nargs="+", default=["cpu", "gpu"], choices=["cpu", "gpu"],
+                        help="where to measure (gpu only where CUDA is present)")
     args = parser.parse_args()
     cases = list(TINY) if args.tiny else args.cases
     if args.threads:
@@ -150,7 +160,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
           f"{open('/proc/loadavg').read().split()[0]}")
-    accelerators = ["cpu"] + (["gpu"] if torch.cuda.is_available() else [])
+    accelerators = [a for a in args.accelerators if a == "cpu" or torch.cuda.is_available()]
     with tempfile.TemporaryDirectory() as scratch, initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for accelerator in accelerators:
             for name in cases:
@@ -158,13 +168,15 @@ def main() -> None:
                 cfg = compose("config", overrides=[*overrides, f"trainer.max_epochs={args.epochs}", "logger=csv",
                                                    f"paths.output_dir={scratch}/{name}",
                                                    f"trainer.accelerator={accelerator}"])
-                seconds = measure(cfg, args.repeats)
+                loops = LOOPS + ((NO_CHECKPOINTS,) if args.breakdown else ())
+                seconds = measure(cfg, args.repeats, loops)
                 images = len(build_data(cfg).splits["train"][1]) * args.epochs
                 parts = [f"{loop} {images / seconds[loop]:.0f} img/s ({seconds[loop] / args.epochs:.3g} s/epoch)"
-                         for loop in LOOPS]
+                         for loop in loops]
                 label = name if accelerator == "cpu" else f"{name} [gpu]"
-                print(f"{label}: {', '.join(parts)}, ratio bare/plain {seconds['plain'] / seconds['bare lightning']:.2f},"
-                      f" ratio pipeline/plain {seconds['plain'] / seconds['pipeline']:.2f}")
+                ratios = "".join(f", ratio {loop.replace('bare lightning', 'bare')}/plain "
+                                 f"{seconds['plain'] / seconds[loop]:.2f}" for loop in loops[1:])
+                print(f"{label}: {', '.join(parts)}{ratios}")
 
 
 if __name__ == "__main__":

@@ -171,3 +171,16 @@ def test_auto_mixed_trains_in_bf16_only_where_the_cpu_computes_it_natively(compo
         monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
         assert train.build_trainer(cfg, None).precision == expected
     assert precision.resolved("16-mixed", "cpu") == "16-mixed"  # any other value is Lightning's own
+
+
+def test_the_default_precision_is_mixed_on_a_gpu_and_float32_on_every_cpu(compose_config, monkeypatch):
+    cfg = compose_config("logger=none", "callbacks=none")
+    assert cfg.trainer.precision == precision.GPU_MIXED
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert train.build_trainer(cfg, None).precision == "32-true"  # small models gain nothing from bf16 on a CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for bf16, expected in ((True, "bf16-mixed"), (False, "16-mixed")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16=bf16: bf16)
+        for value in (precision.GPU_MIXED, precision.AUTO_MIXED):
+            assert precision.resolved(value, "auto") == precision.resolved(value, "gpu") == expected
+        assert precision.resolved(precision.GPU_MIXED, "cpu") == "32-true"  # a GPU machine told to use its CPU

@@ -62,6 +62,7 @@ class Judge:
     def __call__(self, images: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
         """(class probabilities, penultimate features) of images in [0, 1], in batches, on the images' device."""
         probabilities, features = [], []
+        self.classifier.to(images.device)  # the task's device: not a submodule, the judge does not move with it
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
             x = (batch - self.mean.to(batch.device)) / self.std.to(batch.device)

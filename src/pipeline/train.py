@@ -16,7 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from pipeline import distributed, resume, timing, tracking, transfer
 from pipeline.checks import check_config, check_model_fits_data
 from pipeline.objective import objective
-from pipeline.precision import resolved as precision_for
+from pipeline.precision import resolved as precision_for, use_tensor_cores
 from pipeline.divergence import StopOnDivergence
 from pipeline.errors import ConfigError
 from pipeline.models.building import build_network, module_layers
@@ -101,8 +101,8 @@ def build_task(cfg: DictConfig, datamodule) -> pl.LightningModule:
 
 
 def trainer_settings(cfg: DictConfig) -> dict:
-    """What the trainer config leaves to the machine (trainer.precision=auto-mixed: precision.py) and to the task
-    (gradient clipping, when the task takes its own optimizer steps: Task.step_by_hand)."""
+    """What the trainer config leaves to the machine (trainer.precision=auto-mixed or gpu-mixed: precision.py) and
+    to the task (gradient clipping, when the task takes its own optimizer steps: Task.step_by_hand)."""
     settings = {"gradient_clip_val": None, "gradient_clip_algorithm": None} if steps_by_hand(cfg.trainer) else {}
     precision = cfg.trainer.get("precision")
     if precision is not None:
@@ -146,6 +146,7 @@ def start(cfg: DictConfig) -> None:
     threads = cfg.threads or (max(1, cores() // jobs) if jobs > 1 else None)
     if threads:
         torch.set_num_threads(threads)
+    use_tensor_cores(cfg.trainer.get("accelerator", "auto"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
 

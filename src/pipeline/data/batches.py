@@ -3,6 +3,8 @@ import math
 
 import torch
 
+from pipeline.data.placement import to_device
+
 
 class TensorBatches:
     """An iterable of (x, y) batches; with a generator, reshuffled every epoch from it (the datamodule owns the
@@ -16,16 +18,20 @@ class TensorBatches:
     same seed). With `pad` (training) the order is first extended by its own start to a multiple of `world`, so
     every process takes the same number of steps (each step's gradient exchange needs all of them); without it
     (validation, test) every example is seen exactly once and the metrics, summed over processes, are exact.
+
+    The tensors may live on a GPU (data/placement.py): the order is drawn on the host from the generator, then
+    indexes there. With `pin`, host batches come in pinned memory, so their copies to a GPU run asynchronously.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
-                 rank: int = 0, world: int = 1, pad: bool = False):
+                 rank: int = 0, world: int = 1, pad: bool = False, pin: bool = False):
         if len(x) != len(y):
             raise ValueError(f"inputs and labels differ in length: {len(x)} vs {len(y)}")
         self.x, self.y = x, y
         self.batch_size = batch_size
         self.generator = generator
         self.rank, self.world, self.pad = rank, world, pad
+        self.pin = pin
 
     def examples(self) -> int:
         """How many examples this process sees per epoch."""
@@ -51,6 +57,9 @@ class TensorBatches:
 
     def __iter__(self):
         order = self.order()
+        if order is not None:
+            order = to_device(order, self.x.device)
         x, y = (self.x, self.y) if order is None else (self.x[order], self.y[order])
         for start in range(0, len(x), self.batch_size):
-            yield x[start : start + self.batch_size], y[start : start + self.batch_size]
+            batch = x[start : start + self.batch_size], y[start : start + self.batch_size]
+            yield tuple(part.pin_memory() for part in batch) if self.pin else batch

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from pipeline.data.in_memory import InMemoryDataModule, stratified_split
+from pipeline.data.placement import to_device
 from pipeline.errors import ChecksumError, DataError, first_line
 from pipeline.files import write_atomically
 
@@ -42,8 +43,8 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> to
     n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (padding,) * 4)
     # Offsets come from a CPU generator (reproducible on any device) and move to the batch's device.
-    dy = torch.randint(0, 2 * padding + 1, (n, 1, 1), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * padding + 1, (n, 1, 1), generator=generator).to(x.device)
+    dy = to_device(torch.randint(0, 2 * padding + 1, (n, 1, 1), generator=generator), x.device)
+    dx = to_device(torch.randint(0, 2 * padding + 1, (n, 1, 1), generator=generator), x.device)
     rows = (dy + torch.arange(h, device=x.device).view(1, h, 1)).expand(n, h, w)
     cols = (dx + torch.arange(w, device=x.device).view(1, 1, w)).expand(n, h, w)
     flat = padded.flatten(2)  # (n, c, (h+2p)*(w+2p))
@@ -52,7 +53,7 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> to
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    flip = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)
+    flip = to_device(torch.rand(len(x), generator=generator) < 0.5, x.device)
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
 
 

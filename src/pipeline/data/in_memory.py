@@ -4,6 +4,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from pipeline.data.batches import TensorBatches
+from pipeline.data.placement import fits_on, training_device
 from pipeline.errors import ConfigError
 
 # How the loss balances imbalanced classes: per-class weights from the training split's class frequencies.
@@ -46,6 +47,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.classes = list(classes) if classes is not None else None
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.shuffle_generator = torch.Generator().manual_seed(seed)
+        self.on_device: dict = {}  # served(): (split, device) -> (the host tensors, their GPU copies or None)
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -144,15 +146,30 @@ class InMemoryDataModule(pl.LightningDataModule):
         """What a logged model needs besides its weights to be used on new inputs."""
         return {"data": self.name, "class_names": self.class_names, "input_shape": list(self.input_shape)}
 
-    def batches(self, split: str, shuffle: bool = False) -> TensorBatches:
+    def batches(self, split: str, shuffle: bool = False, device: torch.device | None = None) -> TensorBatches:
         """A split's batches; inside a data-parallel fit or test, this process's share of them (TensorBatches).
-        Outside them (plots, predictions after the test) the whole split."""
-        x, y = self.splits[split]
+        Outside them (plots, predictions after the test) the whole split. On a GPU (the trainer's, or `device`),
+        served from the GPU or from pinned memory (served())."""
         trainer = self.trainer  # set by Lightning once a trainer uses this datamodule
+        device = device or training_device(trainer)
         inside = trainer is not None and trainer.state.stage is not None
         rank, world = (trainer.global_rank, trainer.world_size) if inside else (0, 1)
+        (x, y), pin = self.served(split, device)
         return TensorBatches(x, y, self.batch_size, self.shuffle_generator if shuffle else None, rank, world,
-                             pad=shuffle)
+                             pad=shuffle, pin=pin)
+
+    def served(self, split: str, device: torch.device) -> tuple[tuple[torch.Tensor, torch.Tensor], bool]:
+        """The split's tensors to slice batches from and whether to pin them: on a GPU a copy there, made once
+        (data/placement.py), or the host tensors, pinned batch by batch where the split does not fit."""
+        x, y = self.splits[split]
+        if device.type != "cuda":
+            return (x, y), False
+        key = (split, str(device))
+        source, copy = self.on_device.get(key, (None, None))
+        if source is None or source[0] is not x or source[1] is not y:  # first time, or the split was redrawn
+            copy = (x.to(device), y.to(device)) if fits_on(device, x, y) else None
+            self.on_device[key] = ((x, y), copy)
+        return (copy, False) if copy is not None else ((x, y), True)
 
     def train_dataloader(self):
         return self.batches("train", shuffle=True)

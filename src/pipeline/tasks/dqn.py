@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from pipeline.data.placement import to_device
 from pipeline.tasks.rl import ReinforcementTask, at_least, check_values
 
 
@@ -37,7 +38,7 @@ class ReplayBuffer:
 
     def sample(self, count: int, device) -> tuple[torch.Tensor, ...]:
         index = torch.randint(self.size, (count,))
-        return tuple(values[index].to(device) for values in
+        return tuple(to_device(values[index], device) for values in
                      (self.observations, self.actions, self.rewards, self.following, self.terminated))
 
 

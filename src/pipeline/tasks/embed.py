@@ -7,6 +7,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from pipeline.data.placement import to_device
 from pipeline.errors import ConfigError
 from pipeline.files import write_json
 from pipeline.checks import model_name
@@ -30,7 +31,7 @@ class Embedding(Task):
             raise ConfigError(f"task.negatives={negatives!r} is invalid: must be an integer >= 1 (word2vec uses 5-20)")
         self.negatives, self.probes = negatives, list(probes)
         self.neighbours, self.projection_words = neighbours, projection_words
-        self.register_buffer("noise", None, persistent=False)
+        self.noise = None  # on the host: the draws come from CPU generators, the same on any device
         self.evaluation_generator = torch.Generator()
 
     def setup(self, stage: str) -> None:
@@ -45,8 +46,8 @@ class Embedding(Task):
     def _step(self, batch, stage: str):
         centre, context = batch
         generator = None if stage == "train" else self.evaluation_generator
-        negatives = torch.multinomial(self.noise.cpu(), len(centre) * self.negatives, replacement=True,
-                                      generator=generator).view(len(centre), self.negatives).to(centre.device)
+        negatives = torch.multinomial(self.noise, len(centre) * self.negatives, replacement=True, generator=generator)
+        negatives = to_device(negatives.view(len(centre), self.negatives), centre.device)
         loss = self.model.loss(centre, context, negatives)
         self.log_loss(stage, loss, len(centre))
         return loss
