@@ -171,6 +171,10 @@ class InMemoryDataModule(pl.LightningDataModule):
             self.on_device[key] = ((x, y), copy)
         return (copy, False) if copy is not None else ((x, y), True)
 
+    def teardown(self, stage: str) -> None:
+        """After each fit or test, the GPU copies go (a sweep's jobs in one process would otherwise keep theirs)."""
+        self.on_device = {}
+
     def train_dataloader(self):
         return self.batches("train", shuffle=True)
 
