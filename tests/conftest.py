@@ -66,6 +66,18 @@ def all_runs(tracking_uri: str):
     return client, client.search_runs(experiments) if experiments else []
 
 
+def finished_two_rate_sweep(tracking_uri: str):
+    """(parent, children) of a finished `-m optimizer.lr=0.01,0.03` sweep, checked: one parent, one finished child
+    per rate and nothing else (what every launcher's sweep must leave)."""
+    _, runs = all_runs(tracking_uri)
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and len(runs) == 3
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    assert {child.data.params["optimizer.lr"] for child in children} == {"0.01", "0.03"}
+    return parent, children
+
+
 @pytest.fixture
 def http_folder(tmp_path):
     """A real HTTP server on localhost that serves tmp_path/served (stands in for the dataset's mirror)."""

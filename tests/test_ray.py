@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import all_runs, running_commands
+from conftest import finished_two_rate_sweep, running_commands
 from pipeline.server import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -38,12 +38,7 @@ def test_a_sweep_runs_its_jobs_on_a_ray_cluster_under_one_parent(ray_head, run_p
                    "optimizer.lr=0.01,0.03", "trainer.max_epochs=1", env=QUIET, timeout=600)
     assert swept.returncode == 0, swept.stderr[-3000:]
 
-    _, runs = all_runs(tracking_uri)
-    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
-    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 2 and len(runs) == 3
-    assert {run.info.status for run in runs} == {"FINISHED"}
-    assert {child.data.params["optimizer.lr"] for child in children} == {"0.01", "0.03"}
+    parent, children = finished_two_rate_sweep(tracking_uri)
     # The jobs ran in Ray's worker processes, not in the sweeping process (as the basic launcher's would).
     assert parent.data.tags["pipeline.pid"] not in {child.data.tags["pipeline.pid"] for child in children}
 

@@ -2,7 +2,7 @@
 SLURM executor runs each job as a cluster job; the SLURM launcher's config composes with the documented overrides."""
 from hydra import compose, initialize_config_dir
 
-from conftest import CONF, all_runs
+from conftest import CONF, finished_two_rate_sweep
 
 
 def test_a_sweep_through_submitits_local_executor_lands_under_one_parent(run_py, tracking_uri, tmp_path):
@@ -10,12 +10,7 @@ def test_a_sweep_through_submitits_local_executor_lands_under_one_parent(run_py,
                    "threads=1", timeout=600)
     assert swept.returncode == 0, swept.stderr[-3000:]
 
-    _, runs = all_runs(tracking_uri)
-    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
-    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 2 and len(runs) == 3
-    assert {run.info.status for run in runs} == {"FINISHED"}
-    assert {child.data.params["optimizer.lr"] for child in children} == {"0.01", "0.03"}
+    parent, children = finished_two_rate_sweep(tracking_uri)
     assert parent.data.tags["best_run_id"] in {child.info.run_id for child in children}
     # Each job ran in a process submitit started (and logged, as on a cluster), not in the sweeping process.
     pids = {child.data.tags["pipeline.pid"] for child in children}
