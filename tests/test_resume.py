@@ -1,41 +1,48 @@
 """Nothing lost: a run killed without a word is found and marked KILLED, and `resume` continues it from its last
 epoch, in the same MLflow run, to exactly the result of a run that was never interrupted."""
+import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import ROOT, all_runs
+from conftest import ROOT, all_runs, epochs_checkpointed
 
 # dropout and shuffling draw random numbers every step: a resume that lost any random state would differ
 ARGS = ["trainer.max_epochs=8", "regularization=dropout", "data.batch_size=16"]
 
 
-def epochs_logged(db) -> int:
-    """Epochs the running run has logged, read straight from the SQLite file (cheap enough to poll)."""
-    try:
-        with sqlite3.connect(db) as connection:
-            return connection.execute("SELECT count(*) FROM metrics m JOIN runs r ON m.run_uuid = r.run_uuid "
-                                      "WHERE m.key = 'val/acc' AND r.status = 'RUNNING'").fetchone()[0]
-    except sqlite3.Error:  # not created yet
-        return 0
-
-
-def start_and_stop_at_epoch(tmp_path, tracking_uri, epoch: int, how: int, *args: str):
+def start_and_stop_at_epoch(tmp_path, tracking_uri, epoch: int, how: int, *args: str, whole_group=False):
+    """Start a run and send it `how` once it has logged `epoch` epochs: the trainer alone, or with `whole_group`
+    its tracking process too (a power loss, an out-of-memory kill of the group)."""
     all_runs(tracking_uri)  # the store exists before polling it
     process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={tmp_path}/first"],
                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                               start_new_session=whole_group)
     deadline = time.time() + 120
-    while epochs_logged(tmp_path / "mlflow.db") < epoch:
+    while epochs_checkpointed(tmp_path / "first") < epoch:
         assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
         time.sleep(0.02)
-    process.send_signal(how)
+    if whole_group:
+        os.killpg(process.pid, how)
+    else:
+        process.send_signal(how)
     process.communicate(timeout=60)
     return process
+
+
+def ended_run(tracking_uri, run_id: str, timeout: float = 60.0):
+    """The run once it is no longer RUNNING (its tracking process ends it a moment after the trainer died)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    deadline = time.time() + timeout
+    while (run := client.get_run(run_id)).info.status == "RUNNING" and time.time() < deadline:
+        time.sleep(0.05)
+    return run
 
 
 def metrics_of(run) -> dict:
@@ -50,7 +57,10 @@ def test_kill_9_then_resume_auto_continues_the_same_run_to_the_uninterrupted_res
     start_and_stop_at_epoch(tmp_path, tracking_uri, 3, signal.SIGKILL, *ARGS)
     _, runs = all_runs(tracking_uri)
     (killed,) = [run for run in runs if run.info.run_id != reference.info.run_id]
-    assert killed.info.status == "RUNNING"  # nothing could say otherwise: the process died at once
+    # the trainer could not say so, but its tracking process outlives it and does at once
+    killed = ended_run(tracking_uri, killed.info.run_id)
+    assert killed.info.status == "KILLED"
+    assert "ended without a word" in killed.data.tags["pipeline.error"]
 
     resumed = run_py(*ARGS, "resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -69,7 +79,9 @@ def test_kill_9_then_resume_auto_continues_the_same_run_to_the_uninterrupted_res
 
 
 def test_a_run_killed_without_a_word_is_marked_killed_when_the_pipeline_next_starts(run_py, tmp_path, tracking_uri):
-    start_and_stop_at_epoch(tmp_path, tracking_uri, 1, signal.SIGKILL, *ARGS)
+    start_and_stop_at_epoch(tmp_path, tracking_uri, 1, signal.SIGKILL, *ARGS, whole_group=True)
+    _, (ghost,) = all_runs(tracking_uri)
+    assert ghost.info.status == "RUNNING"  # nothing could say otherwise: both processes died at once
     result = run_py("trainer.max_epochs=1")  # any later start against the store
     assert result.returncode == 0, result.stderr[-3000:]
     _, runs = all_runs(tracking_uri)

@@ -79,11 +79,12 @@ def judge_from_run(run_id: str, data_name: str, input_shape, num_classes: int) -
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from pipeline import remote_tracking, tracking
     from pipeline.resume import recorded_config
 
     where = f"task.judge={run_id}"
     try:
-        client = mlflow.MlflowClient()
+        client = tracking.client(remote_tracking.uri_in_use or mlflow.get_tracking_uri())
         client.get_run(run_id)
         description = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/data/description.json"))
         config = recorded_config(client, run_id)

@@ -1,5 +1,7 @@
 """MLflow tracking: where the store is, one run per experiment (a child of its sweep's parent), what it records.
 
+A training run's records are written by its tracking process (remote_tracking.py), which calls the functions here
+that take a client; the rest of the pipeline (sweeps, reports, predictions) calls them in its own process.
 mlflow is imported inside functions: it costs ~1 s of start-up that runs without MLflow should not pay.
 """
 import logging
@@ -43,17 +45,16 @@ def client(tracking_uri: str):
     return mlflow_client
 
 
-def experiment_id(cfg: DictConfig) -> str:
-    """Return the id of the config's experiment, creating it if needed (another process may create it at the
-    same moment: then theirs is used)."""
+def experiment_id(tracking_uri: str, name: str) -> str:
+    """Return the id of the experiment `name`, creating it if needed (another process may create it at the same
+    moment: then theirs is used)."""
     from mlflow.exceptions import MlflowException
 
-    uri, name = cfg.logger.tracking_uri, cfg.logger.experiment_name
-    mlflow_client = client(uri)
+    mlflow_client = client(tracking_uri)
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return mlflow_client.create_experiment(name, artifact_location=artifact_root(uri))
+            return mlflow_client.create_experiment(name, artifact_location=artifact_root(tracking_uri))
         except MlflowException:
             experiment = mlflow_client.get_experiment_by_name(name)
             if experiment is None:
@@ -100,28 +101,11 @@ def end_reason(error: BaseException) -> str:
     return one_line(error)[:1000]
 
 
-@contextmanager
-def ending_run():
-    """End MLflow's active run when the block ends: FINISHED, FAILED on an error, KILLED on Ctrl-C; a run that
-    did not finish says why in its `pipeline.error` tag."""
+def reopen(mlflow_client, run_id: str, process_tags: dict[str, str]):
+    """Start an existing run again (status RUNNING), recorded as the given process's."""
     import mlflow
 
-    try:
-        yield
-    except BaseException as error:
-        if mlflow.active_run() is not None:
-            mlflow.set_tag(liveness.ERROR, end_reason(error))
-        mlflow.end_run(end_status(error))
-        raise
-    else:
-        mlflow.end_run("FINISHED")
-
-
-def reopen(mlflow_client, run_id: str):
-    """Start an existing run again (status RUNNING), recorded as this process's."""
-    import mlflow
-
-    for key, value in liveness.process_tags().items():
+    for key, value in process_tags.items():
         mlflow_client.set_tag(run_id, key, value)
     if liveness.ERROR in mlflow_client.get_run(run_id).data.tags:
         mlflow_client.delete_tag(run_id, liveness.ERROR)
@@ -131,37 +115,35 @@ def reopen(mlflow_client, run_id: str):
 @contextmanager
 def experiment_run(cfg: DictConfig, run_name: str, overrides: list[str], parent_run_id: str | None = None,
                    tags: dict[str, str] | None = None, resume_run_id: str | None = None):
-    """An MLflow run that always ends (see ending_run), never left RUNNING; it starts with the config logged.
-    With `resume_run_id` the run is that earlier one, reopened (its params and config are already there)."""
-    import mlflow
+    """An MLflow run, written by this process's tracking worker (remote_tracking.py), that always ends (FINISHED,
+    FAILED or KILLED), never left RUNNING; it starts with the config logged. With `resume_run_id` the run is that
+    earlier one, reopened (its params and config are already there)."""
+    from pipeline import remote_tracking
 
-    mlflow_client = client(cfg.logger.tracking_uri)
+    uri, worker = cfg.logger.tracking_uri, remote_tracking.process()
     if resume_run_id:
-        if parent_run_id:  # a job of a new sweep continuing its run: it belongs to this sweep now
-            mlflow_client.set_tag(resume_run_id, "mlflow.parentRunId", parent_run_id)
-        run = reopen(mlflow_client, resume_run_id)
-    else:
-        experiment = (mlflow_client.get_run(parent_run_id).info.experiment_id if parent_run_id
-                      else experiment_id(cfg))
-        tags = {**(tags or {}), **liveness.process_tags(),
-                **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
-        run = mlflow.start_run(experiment_id=experiment, run_name=run_name, tags=tags)
-    with ending_run(), liveness.Heartbeat(mlflow_client, run.info.run_id):
+        run_id = worker.call("reopen", uri, resume_run_id, parent_run_id, liveness.process_tags())
+    else:  # waited for: a run that dies from here on has its record
+        run_id = worker.call("start_run", uri, cfg.logger.experiment_name, run_name,
+                             {**(tags or {}), **liveness.process_tags()}, parent_run_id)
+    run = remote_tracking.TrackedRun(worker, run_id, uri)
+    with run.ending():
         if not resume_run_id:
-            params = flatten(cfg)
-            items = list(params.items())
-            for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-                mlflow.log_params(dict(items[start : start + 100]))
-            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
-            mlflow.log_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))), "config/overrides.yaml")
+            run.log_params(flatten(cfg))
+            run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
+            run.log_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))), "config/overrides.yaml")
         yield run
 
 
 @contextmanager
 def resumed_run(tracking_uri: str, run_id: str):
     """Reopen a finished run to add to it (a later DVC stage adding its results), ending it the same way."""
-    run = reopen(client(tracking_uri), run_id)
-    with ending_run():
+    from pipeline import remote_tracking
+
+    worker = remote_tracking.process()
+    run = remote_tracking.TrackedRun(worker, worker.call("reopen", tracking_uri, run_id, None,
+                                                         liveness.process_tags()), tracking_uri)
+    with run.ending():
         yield run
 
 
@@ -189,13 +171,6 @@ def log_model(model, example_input) -> None:
         log.warning("torch.export could not trace the model (%s); logging it pickled", first_line(error))
         mlflow.pytorch.log_model(model, serialization_format="pickle",
                                  code_paths=[str(Path(pipeline.__file__).parent)], **common)
-
-
-def log_dict(run_id: str, values: dict, artifact_file: str) -> None:
-    """A small JSON artifact (e.g. the class names and vocabulary that using a logged model needs)."""
-    import mlflow
-
-    mlflow.MlflowClient().log_dict(run_id, values, artifact_file)
 
 
 def log_files(run_id: str, paths, artifact_dir: str, client=None) -> None:

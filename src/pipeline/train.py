@@ -62,7 +62,7 @@ def build_logger(cfg: DictConfig, run) -> pl.loggers.Logger | bool:
     if not cfg.get("logger") or "_target_" not in cfg.logger:
         return False
     if run is not None:
-        return instantiate(cfg.logger, run_id=run.info.run_id)
+        return instantiate(cfg.logger, run=run)
     return instantiate(cfg.logger)
 
 
@@ -166,9 +166,8 @@ def metrics_of(trainer: pl.Trainer) -> dict[str, float]:
 def log_trained_model(mlflow_run, task, datamodule) -> None:
     """What the task exports (its weights as they are now) and the description that using it needs."""
     model, example, description = task.exported(datamodule)
-    tracking.log_model(model, example)
-    tracking.log_dict(mlflow_run.info.run_id, {**datamodule.describe(), "task": task.name, **description},
-                      "data/description.json")
+    mlflow_run.log_model(model, example)
+    mlflow_run.log_dict({**datamodule.describe(), "task": task.name, **description}, "data/description.json")
 
 
 def evaluation_files(task, datamodule, folder: Path) -> list[Path]:
@@ -191,7 +190,8 @@ def resume_point(cfg: DictConfig, overrides: list[str], output_dir: str | None =
         raise ConfigError(f"resume={cfg.resume}: runs to resume are found in MLflow; it needs logger=mlflow")
     client = tracking.client(cfg.logger.tracking_uri)
     if cfg.resume == "auto":
-        found = resume.find(cfg, client, tracking.experiment_id(cfg), output_dir)
+        found = resume.find(cfg, client, tracking.experiment_id(cfg.logger.tracking_uri, cfg.logger.experiment_name),
+                            output_dir)
         if found is None:
             log.warning("resume=auto: no stopped or crashed run of this config has a last checkpoint; "
                         "starting a new run")
@@ -286,18 +286,14 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str 
         with phase("latency"):
             metrics["model/latency_ms"] = inference_latency_ms(task, datamodule)
         if mlflow_run is not None:
-            import mlflow
-
             with phase("model export"):
-                mlflow.log_metrics({key: metrics[key] for key in ("model/params", "model/latency_ms")})
+                mlflow_run.log_metrics({key: metrics[key] for key in ("model/params", "model/latency_ms")})
                 log_trained_model(mlflow_run, task, datamodule)
             with phase("plots"):
-                tracking.log_generated_files(mlflow_run.info.run_id, "plots",
-                                             functools.partial(task.plots, datamodule, cfg.viz))
+                mlflow_run.log_generated_files("plots", functools.partial(task.plots, datamodule, cfg.viz))
             with phase("evaluation"):
-                tracking.log_generated_files(mlflow_run.info.run_id, "evaluation",
-                                             functools.partial(evaluation_files, task, datamodule))
-            log.info("MLflow run %s (%s) in %s", mlflow_run.info.run_id, run_name, cfg.logger.tracking_uri)
+                mlflow_run.log_generated_files("evaluation", functools.partial(evaluation_files, task, datamodule))
+            log.info("MLflow run %s (%s) in %s", mlflow_run.run_id, run_name, cfg.logger.tracking_uri)
         body_done = time.time()
     timing.phases.append(("tracking end", body_done, time.time()))
     timing.write()

@@ -39,7 +39,8 @@ def sweep_parent_run(config: DictConfig, resume_run_id: str | None = None, tags=
             client.delete_tag(run_id, liveness.ERROR)
         client.update_run(run_id, status="RUNNING")
     else:
-        run = client.create_run(tracking.experiment_id(config), run_name=f"sweep: {sweep}",
+        experiment = tracking.experiment_id(config.logger.tracking_uri, config.logger.experiment_name)
+        run = client.create_run(experiment, run_name=f"sweep: {sweep}",
                                 tags={"pipeline.sweep": sweep, "pipeline.sweep_dir": str(config.hydra.sweep.dir),
                                       **liveness.process_tags(), **(tags or {})})
         run_id = run.info.run_id

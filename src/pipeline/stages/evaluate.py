@@ -4,7 +4,6 @@ import shutil
 
 from omegaconf import DictConfig
 
-from pipeline import tracking
 from pipeline.cli import as_main_process, run_stage
 from pipeline.stages.outputs import CHECKPOINT, DETAILS, METRICS, load_prepared, pipeline_run_continued, write_json
 from pipeline.train import build_data, build_task, build_trainer, metrics_of, start
@@ -25,7 +24,7 @@ def evaluate(cfg: DictConfig) -> None:
         # Test metrics at the top (DVC lists keys in name order: acc, f1_macro, loss, then per_class).
         write_json(METRICS, {**test, **more})
         if mlflow_run is not None:
-            tracking.log_files(mlflow_run.info.run_id, [METRICS, *files], "dvc/evaluate")
+            mlflow_run.log_files([METRICS, *files], "dvc/evaluate")
     print("evaluated: " + "  ".join(f"test/{key}={value:.4f}" for key, value in sorted(test.items()))
           + f" -> {METRICS}, {DETAILS}")
 

@@ -81,12 +81,12 @@ def train(cfg: DictConfig) -> None:
             write_atomically(CHECKPOINT, trainer.save_checkpoint)
         load_weights(task)
         write_atomically(HISTORY, history.write_csv)
-        run_id = mlflow_run.info.run_id if mlflow_run is not None else None
+        run_id = mlflow_run.run_id if mlflow_run is not None else None
         write_json(RUN, {"tracking_uri": cfg.logger.tracking_uri if run_id else None, "run_id": run_id})
         if mlflow_run is not None:
             log_trained_model(mlflow_run, task, datamodule)
-            tracking.log_files(run_id, [HISTORY], "dvc/train")
-            tracking.log_dict(run_id, prepared_summary(datamodule), "dvc/prepare/summary.json")
+            mlflow_run.log_files([HISTORY], "dvc/train")
+            mlflow_run.log_dict(prepared_summary(datamodule), "dvc/prepare/summary.json")
     best_values = "  ".join(f"{key}={value:.4f}" for key, value in sorted(metrics.items()) if key.endswith("_best"))
     print(f"trained {cfg.model._target_.rsplit('.', 1)[-1]} for {len(history.rows)} epochs: {best_values} "
           f"-> {CHECKPOINT}, {HISTORY}")

@@ -5,7 +5,6 @@ import shutil
 
 from omegaconf import DictConfig
 
-from pipeline import tracking
 from pipeline.cli import as_main_process, run_stage
 from pipeline.history import read_history
 from pipeline.stages.outputs import HISTORY, PLOTS, load_prepared, load_weights, pipeline_run_continued
@@ -24,7 +23,7 @@ def visualize(cfg: DictConfig) -> None:
     paths += task.plots(datamodule, cfg.viz, PLOTS)
     with pipeline_run_continued() as mlflow_run:
         if mlflow_run is not None:
-            tracking.log_files(mlflow_run.info.run_id, paths, "plots")
+            mlflow_run.log_files(paths, "plots")
     print(f"plotted {', '.join(path.name for path in paths)} -> {PLOTS}")
 
 

@@ -193,8 +193,7 @@ class GAN(ImageTask):
 
     def add_frame(self) -> None:
         """This epoch's grid of samples from the fixed noise: kept for the GIF and logged to MLflow at once."""
-        from pytorch_lightning.loggers import MLFlowLogger
-
+        from pipeline.mlflow_logger import MLFlowLogger
         from pipeline.viz.gan import image_grid, write_grid
 
         grid = image_grid(self.fixed_samples())
@@ -204,7 +203,7 @@ class GAN(ImageTask):
             if isinstance(logger, MLFlowLogger):
                 with tempfile.TemporaryDirectory() as folder:
                     path = write_grid(grid, Path(folder) / f"epoch_{epoch:03d}.png", caption=f"epoch {epoch}")
-                    logger.experiment.log_artifact(logger.run_id, str(path), "plots/samples")
+                    logger.experiment.log_files([path], "plots/samples")
 
     def get_extra_state(self) -> dict:
         return {"frames": torch.stack(self.frames) if self.frames else torch.zeros(0, dtype=torch.uint8)}

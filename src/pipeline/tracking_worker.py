@@ -1,0 +1,207 @@
+"""The second process that does a training process's MLflow work (started by remote_tracking.py).
+
+Importing MLflow and opening its store cost ~1.6 s, and exporting the model ~0.6 s: here they run on another core
+while the trainer imports torch and trains, instead of in front of its first step. Commands arrive as pickled
+(wait, name, args) tuples; a command that waits gets ("ok", value) or ("error", exception) back. A command that
+does not wait and fails holds its error for the next one that does, which fails the run with it.
+
+When the trainer's end of the pipe closes while a run is open, the trainer died without a word (kill -9, out of
+memory): this process, which ignores Ctrl-C and SIGTERM so as to outlive it, marks the run KILLED at once.
+"""
+import logging
+import os
+import pickle
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from pipeline import liveness, tracking
+
+log = logging.getLogger("pipeline.tracking")
+
+
+class Worker:
+    """One open store and at most one active run (the trainer's jobs run one after another)."""
+
+    def __init__(self, trainer_pid: int):
+        self.trainer_pid = trainer_pid
+        self.client = None
+        self.heartbeat: liveness.Heartbeat | None = None
+        self.failed: BaseException | None = None  # the first error of a command nobody waited for
+        self.preloading: threading.Thread | None = None
+
+    # --- commands ---------------------------------------------------------------------------------------------
+    def open(self, tracking_uri: str) -> None:
+        """Make the store ready (and its ghosts KILLED), then import what exporting a model needs, in the
+        background: the trainer is still importing torch on the other core."""
+        self.client = tracking.client(tracking_uri)
+        if self.preloading is None:
+            self.preloading = threading.Thread(target=preload, name="preload", daemon=True)
+            self.preloading.start()
+
+    def start_run(self, tracking_uri: str, experiment_name: str, run_name: str, tags: dict,
+                  parent_run_id: str | None) -> str:
+        import mlflow
+
+        self.open(tracking_uri)
+        experiment = (self.client.get_run(parent_run_id).info.experiment_id if parent_run_id
+                      else tracking.experiment_id(tracking_uri, experiment_name))
+        if parent_run_id:
+            tags = {**tags, "mlflow.parentRunId": parent_run_id}
+        return self.started(mlflow.start_run(experiment_id=experiment, run_name=run_name, tags=tags))
+
+    def reopen(self, tracking_uri: str, run_id: str, parent_run_id: str | None, process_tags: dict) -> str:
+        self.open(tracking_uri)
+        if parent_run_id:  # a job of a new sweep continuing its run: it belongs to this sweep now
+            self.client.set_tag(run_id, "mlflow.parentRunId", parent_run_id)
+        return self.started(tracking.reopen(self.client, run_id, process_tags))
+
+    def started(self, run) -> str:
+        self.heartbeat = liveness.Heartbeat(self.client, run.info.run_id).__enter__()
+        return run.info.run_id
+
+    def log_params(self, params: dict[str, str]) -> None:
+        import mlflow
+
+        items = list(params.items())
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            mlflow.log_params(dict(items[start : start + 100]))
+
+    def log_metrics(self, metrics: dict[str, float], step: int, timestamp_ms: int) -> None:
+        from mlflow.entities import Metric
+
+        self.client.log_batch(self.run_id(), metrics=[Metric(key, value, timestamp_ms, step)
+                                                      for key, value in metrics.items()])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id(), text, artifact_file)
+
+    def log_dict(self, values: dict, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id(), values, artifact_file)
+
+    def log_files(self, paths: list[str], artifact_dir: str) -> None:
+        tracking.log_files(self.run_id(), paths, artifact_dir, self.client)
+
+    def log_model(self, path: str) -> None:
+        """The model and example input the trainer saved to `path` (removed once read), logged as the run's
+        MLflow Model."""
+        self.preloading.join()
+        import torch
+
+        try:
+            saved = torch.load(path, weights_only=False)
+        finally:
+            Path(path).unlink(missing_ok=True)
+        tracking.log_model(saved["model"], saved["example"])
+
+    def end_run(self, status: str, reason: str | None = None) -> None:
+        """End the active run; an error held from a command nobody waited for fails it (and is raised)."""
+        import mlflow
+
+        failed, self.failed = self.failed, None
+        if mlflow.active_run() is None:  # the run never started (its start failed, and said so)
+            if failed is not None:
+                raise failed
+            return
+        if failed is not None and status == "FINISHED":
+            status, reason = "FAILED", tracking.end_reason(failed)
+        try:
+            if reason:
+                mlflow.set_tag(liveness.ERROR, reason)
+            mlflow.end_run(status)
+        finally:
+            if self.heartbeat is not None:
+                self.heartbeat.__exit__()
+                self.heartbeat = None
+        if failed is not None:
+            raise failed
+
+    # --- the trainer is gone ------------------------------------------------------------------------------
+    def trainer_gone(self) -> None:
+        """The pipe closed: if a run is still open, its trainer died without ending it; unless another process
+        has taken the run on meanwhile (resume=auto soon after a kill -9: this process was still writing)."""
+        import mlflow
+
+        if mlflow.active_run() is None:
+            return
+        run = self.client.get_run(self.run_id())
+        if run.info.status != "RUNNING" or run.data.tags.get(liveness.PID) != str(self.trainer_pid):
+            return
+        mlflow.set_tag(liveness.ERROR, f"its process (pid {self.trainer_pid}) ended without a word (killed or out "
+                                       "of memory); marked KILLED by its tracking process")
+        self.end_run("KILLED")
+
+    def run_id(self) -> str:
+        import mlflow
+
+        return mlflow.active_run().info.run_id
+
+
+def preload() -> None:
+    """What the model export at the run's end needs (torch, what torch.export loads on first use, MLflow's pytorch
+    flavour: ~2 s), imported while the trainer still imports torch. The flavour would import Lightning too (2 s
+    more), only for its autologging, which it skips when that import fails: nothing trains here, so Lightning is kept
+    out while the flavour loads (a model class that needs it imports it later). One thread: the trainer has the
+    other cores."""
+    import torch
+
+    kept_out = "pytorch_lightning" not in sys.modules
+    if kept_out:
+        sys.modules["pytorch_lightning"] = None  # an import of it raises ImportError
+    try:
+        import mlflow.pytorch  # noqa: F401
+    finally:
+        if kept_out:
+            del sys.modules["pytorch_lightning"]
+    import torch._dynamo  # noqa: F401
+    import torch.export  # noqa: F401
+
+    torch.set_num_threads(1)
+
+
+def serve(commands, replies, worker: Worker) -> None:
+    while True:
+        try:
+            wait, name, args = pickle.load(commands)
+        except (EOFError, OSError):
+            worker.trainer_gone()
+            return
+        if wait and worker.failed is not None and name != "end_run":
+            answer, worker.failed = ("error", worker.failed), None
+        else:
+            try:
+                answer = ("ok", getattr(worker, name)(*args))
+            except Exception as error:
+                answer = ("error", error)
+        if wait:
+            send(replies, answer)
+        elif answer[0] == "error" and worker.failed is None:
+            log.warning("MLflow: %s failed: %s", name, tracking.end_reason(answer[1]))
+            worker.failed = answer[1]
+
+
+def send(replies, answer) -> None:
+    try:
+        data = pickle.dumps(answer)
+    except Exception:  # an exception that does not pickle arrives as its type and first line
+        data = pickle.dumps(("error", RuntimeError(tracking.end_reason(answer[1]))))
+    replies.write(data)
+    replies.flush()
+
+
+def main() -> None:
+    commands_fd, replies_fd, trainer_pid = (int(value) for value in sys.argv[1:4])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the trainer's to handle; it then ends the run
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.nice(19)  # the trainer's threads come first; what the trainer waits for runs while it waits
+    with os.fdopen(commands_fd, "rb") as commands, os.fdopen(replies_fd, "wb") as replies:
+        serve(commands, replies, Worker(trainer_pid))
+    logging.shutdown()
+    os._exit(0)  # everything is written: skip the teardown of MLflow's and torch's modules (~1 s)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""MLflow in a second process (remote_tracking.py, tracking_worker.py): the trainer never imports MLflow, its run
+is recorded whole, an error nobody waited for still fails the run, and either process dying is said in one line
+or one tag (the trainer dying: tests/test_resume.py)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, all_runs
+
+# run.py as a user runs it, telling at its exit (the exit handlers still run) whether MLflow was imported.
+WATCHED_RUN = ("import atexit, runpy, sys; "
+               "atexit.register(lambda: print('mlflow imported:', 'mlflow' in sys.modules, file=sys.stderr)); "
+               f"sys.argv = ['run.py', *sys.argv[1:]]; runpy.run_path({str(ROOT / 'run.py')!r}, run_name='__main__')")
+
+
+def test_the_trainer_never_imports_mlflow_and_its_run_is_recorded_whole(tmp_path, tracking_uri):
+    result = subprocess.run([sys.executable, "-c", WATCHED_RUN, "trainer.max_epochs=2", f"hydra.run.dir={tmp_path}/run"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mlflow imported: False" in result.stderr
+    client, (run,) = all_runs(tracking_uri)
+    assert run.info.status == "FINISHED"
+    assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 2
+    assert {"test/acc", "model/params", "model/latency_ms"} <= set(run.data.metrics)
+    assert run.data.params["trainer.max_epochs"] == "2"
+    logged = {artifact.path for folder in ("", "plots", "model") for artifact in client.list_artifacts(run.info.run_id,
+                                                                                                         folder)}
+    assert {"config", "plots/confusion_matrix.png", "data"} <= logged
+    assert any(path.startswith("model/") for path in logged)
+
+
+def test_an_error_nobody_waited_for_fails_the_run_at_its_end(tracking_uri):
+    from pipeline import liveness, remote_tracking
+
+    worker = remote_tracking.TrackingProcess()
+    try:
+        run_id = worker.call("start_run", tracking_uri, "held errors", "one run", liveness.process_tags(), None)
+        run = remote_tracking.TrackedRun(worker, run_id, tracking_uri)
+        run.log_metrics({"loss": 0.5})
+        worker.send("log_text", 123, "notes.txt")  # not text: fails in the worker, and nobody waits for it
+        run.log_metrics({"loss": 0.25}, step=1)
+        with pytest.raises(TypeError):
+            run.end("FINISHED")
+    finally:
+        worker.close()
+    client, (recorded,) = all_runs(tracking_uri)
+    assert recorded.info.status == "FAILED"
+    assert "TypeError" in recorded.data.tags["pipeline.error"]
+    assert [m.value for m in client.get_metric_history(recorded.info.run_id, "loss")] == [0.5, 0.25]
+
+
+def tracking_worker_of(pid: int) -> int | None:
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        if "pipeline.tracking_worker" in Path(f"/proc/{child}/cmdline").read_text():
+            return int(child)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the worker through /proc")
+def test_a_tracking_process_that_dies_fails_the_run_in_one_line(tmp_path, tracking_uri):
+    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "trainer.max_epochs=10000",
+                                f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while (worker := tracking_worker_of(process.pid)) is None or not any(run.info.status == "RUNNING" for run in
+                                                                               all_runs(tracking_uri)[1]):
+            assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
+            time.sleep(0.1)
+        os.kill(worker, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith(f"error: the MLflow tracking process (pid {worker}) ended "
+                                                      "unexpectedly"), stderr[-3000:]
