@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from pytorch_lightning.callbacks import RichProgressBar
 
 from conftest import CONF, ROOT
-from pipeline import precision, train
+from pipeline import cores, precision, train
 from pipeline.progress import ProgressBar
 
 QUIET = ["logger=none", "callbacks=none", "threads=1", "+trainer.enable_progress_bar=false"]
@@ -127,7 +127,7 @@ def test_a_parallel_sweeps_jobs_share_the_cores(launcher, expected):
         cfg = compose("config", overrides=launcher, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     try:
-        assert train.parallel_jobs() == (train.cores() if expected == "cores" else expected)
+        assert cores.parallel_jobs() == (cores.cores() if expected == "cores" else expected)
     finally:
         HydraConfig.instance().cfg = None
 

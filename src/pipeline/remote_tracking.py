@@ -5,7 +5,8 @@ front of the first step and after the last (an import on one core cannot overlap
 and the GIL serialise them). In a second process they run on another core while the trainer imports torch and
 trains. Metrics and params are sent without waiting; what reads the store, ends a run, or logs files that may be
 temporary waits for the worker. A run's end waits for everything sent before it, so a run that ends FINISHED has
-all its records written.
+all its records written. A job of a parallel sweep (joblib, n_jobs > 1) runs the same commands in its own process
+instead: every core already has a job, and a second process would only add its imports.
 """
 import atexit
 import logging
@@ -19,10 +20,11 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.cores import parallel_jobs
 from pipeline.errors import TrainingError
 
 log = logging.getLogger(__name__)
-_process: "TrackingProcess | None" = None
+_process: "TrackingProcess | InProcessTracking | None" = None
 uri_in_use: str | None = None  # the store of the run in progress (an in-process reader, e.g. a GAN's judge, opens it)
 
 
@@ -65,9 +67,22 @@ class TrackingProcess:
         except (BrokenPipeError, ValueError):
             raise self.gone() from None
 
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
     def gone(self) -> TrainingError:
         return TrainingError(f"the MLflow tracking process (pid {self.process.pid}) ended unexpectedly (exit status "
                              f"{self.process.poll()}); the run's records stop there")
+
+    def hand_over_model(self, model, example_input) -> None:
+        """Send the model over in a file (the worker exports it, tracking.log_model, and removes the file)."""
+        import cloudpickle
+        import torch
+
+        handle, path = tempfile.mkstemp(prefix="pipeline-model-", suffix=".pt")
+        with os.fdopen(handle, "wb") as file:
+            torch.save({"model": model, "example": example_input}, file, pickle_module=cloudpickle)
+        self.send("log_saved_model", path)
 
     def close(self) -> None:
         """Close the commands pipe (the worker ends; a run still open is marked KILLED) and wait for it."""
@@ -81,12 +96,43 @@ class TrackingProcess:
             self.process.kill()
 
 
-def process() -> TrackingProcess:
+class InProcessTracking:
+    """The same commands, run in this process: for a job of a parallel sweep, whose sweep already gives every core
+    a job (a second process per job would only add its imports)."""
+
+    def __init__(self):
+        from pipeline.tracking_worker import Worker
+
+        self.worker = Worker(os.getpid(), preload=False)
+        self.lock = threading.Lock()
+
+    def send(self, name: str, *args) -> None:
+        with self.lock:
+            self.worker.handle(False, name, args)
+
+    def call(self, name: str, *args):
+        with self.lock:
+            status, value = self.worker.handle(True, name, args)
+        if status == "error":
+            raise value
+        return value
+
+    def hand_over_model(self, model, example_input) -> None:
+        self.send("log_model", model, example_input)
+
+    def alive(self) -> bool:
+        return True
+
+
+def process() -> "TrackingProcess | InProcessTracking":
     """This process's tracking worker, started on first use (run.py starts it at launch)."""
     global _process
-    if _process is None or _process.process.poll() is not None:
-        _process = TrackingProcess()
-        atexit.register(_process.close)
+    if _process is None or not _process.alive():
+        if parallel_jobs() > 1:
+            _process = InProcessTracking()
+        else:
+            _process = TrackingProcess()
+            atexit.register(_process.close)
     return _process
 
 
@@ -126,14 +172,8 @@ class TrackedRun:
             self.log_files(make_files(Path(folder)), artifact_dir)
 
     def log_model(self, model, example_input) -> None:
-        """Hand the model over in a file and go on: the worker exports it (tracking.log_model) meanwhile."""
-        import cloudpickle
-        import torch
-
-        handle, path = tempfile.mkstemp(prefix="pipeline-model-", suffix=".pt")
-        with os.fdopen(handle, "wb") as file:
-            torch.save({"model": model, "example": example_input}, file, pickle_module=cloudpickle)
-        self.tracking.send("log_model", path)
+        """Hand the model over and go on: the tracking process exports it (tracking.log_model) meanwhile."""
+        self.tracking.hand_over_model(model, example_input)
 
     def end(self, status: str, reason: str | None = None) -> None:
         """End the run once everything sent before is written; raises what failed among those."""

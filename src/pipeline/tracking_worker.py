@@ -24,8 +24,8 @@ log = logging.getLogger("pipeline.tracking")
 class Worker:
     """One open store and at most one active run (the trainer's jobs run one after another)."""
 
-    def __init__(self, trainer_pid: int):
-        self.trainer_pid = trainer_pid
+    def __init__(self, trainer_pid: int, preload: bool = True):
+        self.trainer_pid, self.preload = trainer_pid, preload
         self.client = None
         self.heartbeat: liveness.Heartbeat | None = None
         self.failed: BaseException | None = None  # the first error of a command nobody waited for
@@ -36,7 +36,7 @@ class Worker:
         """Make the store ready (and its ghosts KILLED), then import what exporting a model needs, in the
         background: the trainer is still importing torch on the other core."""
         self.client = tracking.client(tracking_uri)
-        if self.preloading is None:
+        if self.preload and self.preloading is None:
             self.preloading = threading.Thread(target=preload, name="preload", daemon=True)
             self.preloading.start()
 
@@ -83,7 +83,10 @@ class Worker:
     def log_files(self, paths: list[str], artifact_dir: str) -> None:
         tracking.log_files(self.run_id(), paths, artifact_dir, self.client)
 
-    def log_model(self, path: str) -> None:
+    def log_model(self, model, example_input) -> None:
+        tracking.log_model(model, example_input)
+
+    def log_saved_model(self, path: str) -> None:
         """The model and example input the trainer saved to `path` (removed once read), logged as the run's
         MLflow Model."""
         self.preloading.join()
@@ -93,7 +96,7 @@ class Worker:
             saved = torch.load(path, weights_only=False)
         finally:
             Path(path).unlink(missing_ok=True)
-        tracking.log_model(saved["model"], saved["example"])
+        self.log_model(saved["model"], saved["example"])
 
     def end_run(self, status: str, reason: str | None = None) -> None:
         """End the active run; an error held from a command nobody waited for fails it (and is raised)."""
@@ -137,6 +140,23 @@ class Worker:
 
         return mlflow.active_run().info.run_id
 
+    def handle(self, wait: bool, name: str, args: tuple):
+        """Run one command: ("ok", result) or ("error", exception) for one that waits (an error held from one that
+        did not comes first), None for one that does not (its error is held)."""
+        if wait and self.failed is not None and name != "end_run":
+            answer, self.failed = ("error", self.failed), None
+            return answer
+        try:
+            answer = ("ok", getattr(self, name)(*args))
+        except Exception as error:
+            answer = ("error", error)
+        if wait:
+            return answer
+        if answer[0] == "error" and self.failed is None:
+            log.warning("MLflow: %s failed: %s", name, tracking.end_reason(answer[1]))
+            self.failed = answer[1]
+        return None
+
 
 def preload() -> None:
     """What the model export at the run's end needs (torch, what torch.export loads on first use, MLflow's pytorch
@@ -167,18 +187,9 @@ def serve(commands, replies, worker: Worker) -> None:
         except (EOFError, OSError):
             worker.trainer_gone()
             return
-        if wait and worker.failed is not None and name != "end_run":
-            answer, worker.failed = ("error", worker.failed), None
-        else:
-            try:
-                answer = ("ok", getattr(worker, name)(*args))
-            except Exception as error:
-                answer = ("error", error)
+        answer = worker.handle(wait, name, args)
         if wait:
             send(replies, answer)
-        elif answer[0] == "error" and worker.failed is None:
-            log.warning("MLflow: %s failed: %s", name, tracking.end_reason(answer[1]))
-            worker.failed = answer[1]
 
 
 def send(replies, answer) -> None:

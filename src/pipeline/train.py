@@ -15,6 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from pipeline import distributed, resume, timing, tracking, transfer
 from pipeline.checks import check_config, check_model_fits_data
+from pipeline.cores import cores, parallel_jobs
 from pipeline.objective import objective
 from pipeline.precision import resolved as precision_for, use_tensor_cores
 from pipeline.divergence import StopOnDivergence
@@ -115,25 +116,6 @@ def build_trainer(cfg: DictConfig, mlflow_run, loggers=(), callbacks=()) -> pl.T
     all_loggers = ([logger] if logger else []) + list(loggers)
     return instantiate(cfg.trainer, logger=all_loggers or False, callbacks=build_callbacks(cfg) + list(callbacks),
                        **trainer_settings(cfg))
-
-
-def cores() -> int:
-    """The CPU cores this process may use (a container's or cluster job's share, where the OS says)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def parallel_jobs() -> int:
-    """How many jobs this process's sweep runs at once on this machine: the joblib launcher's n_jobs (-1: one per
-    core), else 1."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return 1
-    launcher = HydraConfig.get().launcher
-    if "joblib" not in str(launcher.get("_target_", "")).lower():
-        return 1
-    n_jobs = int(launcher.get("n_jobs") or 1)
-    return cores() if n_jobs < 0 else n_jobs
 
 
 def start(cfg: DictConfig) -> None:

@@ -80,10 +80,14 @@ class SafeGridSweeper(BasicSweeper):
             raise ConfigError(f"{bad[0]}{more}; nothing was run")
 
     def open_store(self) -> None:
-        """Import MLflow and make its store ready (store.py) before the sweep's parent run needs them."""
-        from pipeline import tracking
+        """Import MLflow and make its store ready (store.py) before the sweep's parent run needs them. When the jobs
+        run in this process, their tracking process (remote_tracking.py) starts now too, and imports MLflow on
+        another core meanwhile."""
+        from pipeline import remote_tracking, tracking
 
         if tracking.uses_mlflow(self.config):
+            if type(self.launcher).__name__ == "BasicLauncher":
+                remote_tracking.open_store(self.config.logger.tracking_uri)
             tracking.client(self.config.logger.tracking_uri)
 
     @staticmethod
