@@ -76,12 +76,19 @@ def refuses_without_credentials(server, monkeypatch):
         store.check_server(server["url"])
 
 
-def test_a_run_against_a_server_that_is_not_there_is_one_line():
+def test_a_run_against_a_server_that_is_not_there_is_one_line(tmp_path):
     from pipeline import store
     from pipeline.server import free_port
 
+    url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ConfigError, match="no MLflow server answers at .*python -m pipeline.server start"):
-        store.check_server(f"http://127.0.0.1:{free_port()}")
+        store.check_server(url)
+    # the same from run.py, whose tracking process finds it out while the trainer imports torch
+    result = subprocess.run([sys.executable, str(ROOT / "run.py"), "logger=mlflow_server", f"logger.tracking_uri={url}",
+                             f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: no MLflow server answers at {url}"), line
 
 
 def tracks_a_joblib_sweep_whole(server, tmp_path, monkeypatch):

@@ -153,7 +153,8 @@ class Worker:
         if wait:
             return answer
         if answer[0] == "error" and self.failed is None:
-            log.warning("MLflow: %s failed: %s", name, tracking.end_reason(answer[1]))
+            if name != "open":  # a store that cannot open is the run's one-line error when the run starts
+                log.warning("MLflow: %s failed: %s", name, tracking.end_reason(answer[1]))
             self.failed = answer[1]
         return None
 
