@@ -2,10 +2,10 @@
 
 MLflow's import and store cost ~1.6 s and its model export ~0.6 s; in the trainer's own process they would sit in
 front of the first step and after the last (an import on one core cannot overlap another import: the import lock
-and the GIL serialise them). In a second process they run on another core while the trainer imports torch and
-trains. Metrics and params are sent without waiting; what reads the store, ends a run, or logs files that may be
-temporary waits for the worker. A run's end waits for everything sent before it, so a run that ends FINISHED has
-all its records written. A job of a parallel sweep (joblib, n_jobs > 1) runs the same commands in its own process
+and the GIL serialise them). In a second process they run on another core while the trainer imports torch, and
+the export while the trainer draws the plots. Every record is waited for (a run killed at any point has in the store
+what its checkpoints have) except the model and its description, which the run's end waits for: a run that ends
+FINISHED has all its records written. A job of a parallel sweep (joblib, n_jobs > 1) runs the same commands in its own process
 instead: every core already has a job, and a second process would only add its imports.
 """
 import atexit
@@ -150,14 +150,16 @@ class TrackedRun:
         uri_in_use = tracking_uri
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        self.tracking.send("log_metrics", {key: float(value) for key, value in metrics.items()}, step,
+        """Waited for, as the params and texts are: an epoch in a checkpoint has its metrics in the store, whatever
+        kills the processes after (a resumed run's history has no gap)."""
+        self.tracking.call("log_metrics", {key: float(value) for key, value in metrics.items()}, step,
                            int(time.time() * 1000))
 
     def log_params(self, params: dict[str, str]) -> None:
-        self.tracking.send("log_params", params)
+        self.tracking.call("log_params", params)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.tracking.send("log_text", text, artifact_file)
+        self.tracking.call("log_text", text, artifact_file)
 
     def log_dict(self, values: dict, artifact_file: str) -> None:
         self.tracking.send("log_dict", values, artifact_file)
