@@ -66,17 +66,6 @@ def all_runs(tracking_uri: str):
     return client, client.search_runs(experiments) if experiments else []
 
 
-def epochs_checkpointed(run_dir: Path) -> int:
-    """Epochs a run has completed, from its last checkpoint: the trainer writes it at each epoch's end, while its
-    metrics reach MLflow a moment later, from its tracking process."""
-    import torch
-
-    try:
-        return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] + 1
-    except (OSError, EOFError, RuntimeError, KeyError):  # not written yet
-        return 0
-
-
 def finished_two_rate_sweep(tracking_uri: str):
     """(parent, children) of a finished `-m optimizer.lr=0.01,0.03` sweep, checked: one parent, one finished child
     per rate and nothing else (what every launcher's sweep must leave)."""
