@@ -43,7 +43,8 @@ def start_and_stop_at_epoch(tmp_path, tracking_uri, epoch: int, how: int, *args:
         os.killpg(process.pid, how)
     else:
         process.send_signal(how)
-    process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0, f"the run ended before the signal landed:\n{stderr[-3000:]}"
     return process
 
 
