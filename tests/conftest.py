@@ -59,8 +59,13 @@ def run_py(tmp_path, tracking_uri):
 
 
 def all_runs(tracking_uri: str):
+    """The store's client and every run in it. The store is opened as the pipeline opens it (a client alone would
+    create a new store's tables in place, which a run starting at the same moment would find half made)."""
     import mlflow
 
+    from pipeline.store import ensure_store
+
+    ensure_store(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     return client, client.search_runs(experiments) if experiments else []

@@ -45,7 +45,7 @@ def start_and_stop_at_epoch(tmp_path, tracking_uri, epoch: int, how: int, *args:
         process.send_signal(how)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode != 0, f"the run ended before the signal landed:\n{stderr[-3000:]}"
-    return process
+    return stderr
 
 
 def ended_run(tracking_uri, run_id: str, timeout: float = 60.0):
@@ -68,12 +68,13 @@ def test_kill_9_then_resume_auto_continues_the_same_run_to_the_uninterrupted_res
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
     _, (reference,) = all_runs(tracking_uri)
 
-    start_and_stop_at_epoch(tmp_path, tracking_uri, 3, signal.SIGKILL, *ARGS)
-    _, runs = all_runs(tracking_uri)
+    stderr = start_and_stop_at_epoch(tmp_path, tracking_uri, 3, signal.SIGKILL, *ARGS)
+    client, runs = all_runs(tracking_uri)
     (killed,) = [run for run in runs if run.info.run_id != reference.info.run_id]
     # the trainer could not say so, but its tracking process outlives it and does at once
     killed = ended_run(tracking_uri, killed.info.run_id)
-    assert killed.info.status == "KILLED"
+    epochs = len(client.get_metric_history(killed.info.run_id, "val/acc"))
+    assert killed.info.status == "KILLED", f"{epochs} epochs logged; the run's stderr:\n{stderr[-3000:]}"
     assert "ended without a word" in killed.data.tags["pipeline.error"]
 
     resumed = run_py(*ARGS, "resume=auto")

@@ -80,3 +80,37 @@ def test_a_tracking_process_that_dies_fails_the_run_in_one_line(tmp_path, tracki
     assert "Traceback" not in stderr, stderr[-3000:]
     assert stderr.strip().splitlines()[-1].startswith(f"error: the MLflow tracking process (pid {worker}) ended "
                                                       "unexpectedly"), stderr[-3000:]
+
+
+# A trainer that starts a run and then writes metrics as fast as its tracking process takes them: it is nearly always
+# waiting for an answer, so a kill lands while the tracking process is writing one it can no longer deliver.
+BUSY_TRAINER = """
+import sys
+from pipeline import liveness, remote_tracking
+tracking = remote_tracking.TrackingProcess()
+run_id = tracking.call("start_run", sys.argv[1], "busy", "busy", liveness.process_tags(), None)
+print(run_id, flush=True)
+step = 0
+while True:
+    step += 1
+    tracking.call("log_metrics", {"loss": 1.0 / step}, step, 0)
+"""
+
+
+def test_a_trainer_killed_while_it_waits_for_an_answer_has_its_run_marked_killed(tmp_path, tracking_uri):
+    from pipeline import liveness
+
+    trainer = subprocess.Popen([sys.executable, "-c", BUSY_TRAINER, tracking_uri], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    run_id = trainer.stdout.readline().strip()
+    client, _ = all_runs(tracking_uri)
+    deadline = time.time() + 60
+    while len(client.get_metric_history(run_id, "loss")) < 20:
+        assert trainer.poll() is None and time.time() < deadline, trainer.communicate()[1][-3000:]
+        time.sleep(0.05)
+    trainer.kill()
+    _, stderr = trainer.communicate(timeout=60)  # its tracking process holds stderr too: this waits for both
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED", stderr[-3000:]
+    assert "ended without a word" in run.data.tags[liveness.ERROR]
+    assert "Traceback" not in stderr, stderr[-3000:]

@@ -182,24 +182,31 @@ def preload() -> None:
 
 
 def serve(commands, replies, worker: Worker) -> None:
+    """Answer commands until the trainer is gone: its pipe closed, a message cut off by its death, or no one left to
+    read an answer (killed while it waited for one)."""
     while True:
         try:
             wait, name, args = pickle.load(commands)
-        except (EOFError, OSError):
-            worker.trainer_gone()
-            return
+        except Exception:  # EOFError, or UnpicklingError for a message cut off
+            break
         answer = worker.handle(wait, name, args)
-        if wait:
-            send(replies, answer)
+        if wait and not send(replies, answer):
+            break
+    worker.trainer_gone()
 
 
-def send(replies, answer) -> None:
+def send(replies, answer) -> bool:
+    """Write an answer; False when the trainer is no longer there to read it."""
     try:
         data = pickle.dumps(answer)
     except Exception:  # an exception that does not pickle arrives as its type and first line
         data = pickle.dumps(("error", RuntimeError(tracking.end_reason(answer[1]))))
-    replies.write(data)
-    replies.flush()
+    try:
+        replies.write(data)
+        replies.flush()
+    except OSError:  # BrokenPipeError
+        return False
+    return True
 
 
 def main() -> None:
@@ -209,10 +216,16 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.nice(19)  # the trainer's threads come first; what the trainer waits for runs while it waits
-    with os.fdopen(commands_fd, "rb") as commands, os.fdopen(replies_fd, "wb") as replies:
-        serve(commands, replies, Worker(trainer_pid))
+    status = 0
+    try:
+        serve(os.fdopen(commands_fd, "rb"), os.fdopen(replies_fd, "wb"), Worker(trainer_pid))
+    except BaseException:  # the run stays RUNNING: the next start against the store marks it KILLED (a ghost)
+        log.exception("the MLflow tracking process failed")
+        status = 1
     logging.shutdown()
-    os._exit(0)  # everything is written: skip the teardown of MLflow's and torch's modules (~1 s)
+    # Everything is written. Skip the interpreter's teardown (~1 s of MLflow's and torch's modules), and with it
+    # MLflow's exit hook, which would end a run still open as FINISHED.
+    os._exit(status)
 
 
 if __name__ == "__main__":
