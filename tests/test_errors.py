@@ -6,6 +6,8 @@ import sys
 import time
 
 import pytest
+import pytorch_lightning as pl
+import torch
 
 from conftest import ROOT, all_runs
 
@@ -130,3 +132,44 @@ def test_divergence_stops_the_run_at_once_with_one_line(run_py, tracking_uri):
     client, (run,) = all_runs(tracking_uri)
     assert run.info.status == "FAILED" and run.data.tags["pipeline.error"] == line.removeprefix("error: ")
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 0  # stopped inside the first epoch
+
+
+class FlatAtZero(pl.LightningModule):
+    """loss = sqrt(|w|) at w = 0: the loss is 0, its gradient is not finite (what a NaN loss test never reaches)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        return torch.sqrt(self.w.abs()).sum() + 0 * batch.sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.ones(4, 1), batch_size=1)
+
+
+def quiet_trainer(**settings) -> pl.Trainer:
+    from pipeline.divergence import StopOnDivergence
+
+    return pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, accelerator="cpu", callbacks=[StopOnDivergence()], **settings)
+
+
+def test_a_gradient_that_is_not_finite_stops_the_run_though_its_loss_is_finite():
+    from pipeline.divergence import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match="at epoch 0, step 0: a gradient is NaN or infinite"):
+        quiet_trainer().fit(FlatAtZero())
+
+
+def test_under_a_gradient_scaler_a_gradient_that_is_not_finite_is_the_scalers_to_skip():
+    """16-mixed on a GPU: the scaler meets infinite gradients by design (it skips the step and lowers its scale)."""
+    from pytorch_lightning.plugins.precision import MixedPrecision
+
+    model, scaler = FlatAtZero(), torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    quiet_trainer(plugins=[MixedPrecision("16-mixed", "cpu", scaler)]).fit(model)
+    assert float(model.w) == 0.0  # every step skipped
+    assert scaler.get_scale() < 2.0**16

@@ -103,3 +103,31 @@ def test_confusion_matrix_counts_true_rows_and_predicted_columns():
 
     matrix = confusion_matrix(torch.tensor([0, 0, 1, 2, 2, 2]), torch.tensor([0, 1, 1, 2, 2, 0]), 3)
     assert matrix.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+
+
+def test_each_epochs_evaluation_metrics_are_that_epochs_alone(compose_config):
+    """Logged once per epoch from metrics updated at every step (Task.log_epoch_metric): the last validation's
+    numbers are those of the final weights on the validation split, not a mean over every epoch so far."""
+    import pytorch_lightning as pl
+
+    from pipeline.train import build_data, build_task
+
+    cfg = compose_config("logger=none", "trainer.max_epochs=3", "optimizer.lr=0.003")
+    datamodule = build_data(cfg)
+    task = build_task(cfg, datamodule)
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    trainer.fit(task, datamodule=datamodule)
+    task.eval()
+    with torch.no_grad():
+        x, y = datamodule.splits["val"]
+        logits = task.model(x)
+        accuracy = float((logits.argmax(-1) == y).float().mean())
+        loss = float(task.loss(logits, y))
+    assert float(trainer.callback_metrics["val/acc"]) == pytest.approx(accuracy, abs=1e-6)
+    assert float(trainer.callback_metrics["val/loss"]) == pytest.approx(loss, abs=1e-5)
+    assert float(trainer.callback_metrics["val/acc_best"]) >= accuracy - 1e-6
+    tested = trainer.test(task, datamodule=datamodule, verbose=False)[0]
+    x, y = datamodule.splits["test"]
+    with torch.no_grad():
+        assert tested["test/acc"] == pytest.approx(float((task.model(x).argmax(-1) == y).float().mean()), abs=1e-6)

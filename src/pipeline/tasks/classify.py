@@ -77,10 +77,8 @@ class Classifier(Task):
             return loss
         if stage == "test":
             self.test_predicted.append(logits.argmax(dim=-1).cpu())
-        self.acc[stage + "_"](logits, y)
-        self.log(f"{stage}/acc", self.acc[stage + "_"], on_step=False, on_epoch=True, prog_bar=True)
-        self.f1[stage + "_"](logits, y)
-        self.log(f"{stage}/f1_macro", self.f1[stage + "_"], on_step=False, on_epoch=True)
+        self.log_epoch_metric(f"{stage}/acc", self.acc[stage + "_"], logits, y, prog_bar=True)
+        self.log_epoch_metric(f"{stage}/f1_macro", self.f1[stage + "_"], logits, y)
         return loss
 
     def loss(self, logits, y):

@@ -76,8 +76,7 @@ class Reconstruction(ImageTask):
         else:
             loss = F.mse_loss(out, x)
         self.log_loss(stage, loss, len(x))
-        self.mse[stage + "_"](F.mse_loss(rebuilt.detach(), x), weight=len(x))
-        self.log(f"{stage}/mse", self.mse[stage + "_"], on_step=False, on_epoch=True)
+        self.log_epoch_metric(f"{stage}/mse", self.mse[stage + "_"], F.mse_loss(rebuilt.detach(), x), len(x))
         return loss
 
     def on_test_epoch_end(self):
@@ -88,6 +87,7 @@ class Reconstruction(ImageTask):
         pca = pca_error(train, test, self.model.code_size, seed=0)
         self.log_dict({"test/psnr": psnr(mse), "test/pca_mse": pca, "test/pca_psnr": psnr(pca),
                        "test/mse_over_pca": mse / pca if pca > 0 else math.inf})
+        super().on_test_epoch_end()
 
     # --- what the pipeline asks of the task ---------------------------------------------------------
     @classmethod

@@ -138,9 +138,7 @@ class ReinforcementTask(Task):
     # --- evaluation ---------------------------------------------------------------------------------------
     def validation_step(self, seeds, batch_idx):
         returns = greedy_returns(self.model, self.trainer.datamodule.make, seeds)
-        self.val_return.update(torch.tensor(returns))
-        self.log("val/return", self.val_return, on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=len(returns))
+        self.log_epoch_metric("val/return", self.val_return, torch.tensor(returns), prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:

@@ -49,9 +49,7 @@ class VariationalAutoencoder(ImageTask):
         loss = (reconstruction + kl).mean()
         self.log_loss(stage, loss, len(x))
         for term, value in (("reconstruction", reconstruction.mean()), ("kl", kl.mean())):
-            metric = self.terms[f"{stage}_{term}"]
-            metric(value.detach(), weight=len(x))
-            self.log(f"{stage}/{term}", metric, on_step=False, on_epoch=True)
+            self.log_epoch_metric(f"{stage}/{term}", self.terms[f"{stage}_{term}"], value.detach(), len(x))
         return loss
 
     # --- what the pipeline asks of the task ---------------------------------------------------------
