@@ -105,11 +105,16 @@ def reopen(mlflow_client, run_id: str, process_tags: dict[str, str]):
     """Start an existing run again (status RUNNING), recorded as the given process's."""
     import mlflow
 
+    take_over(mlflow_client, run_id, process_tags)
+    return mlflow.start_run(run_id=run_id)
+
+
+def take_over(mlflow_client, run_id: str, process_tags: dict[str, str]) -> None:
+    """Record an existing run as the given process's, without the error that ended it before."""
     for key, value in process_tags.items():
         mlflow_client.set_tag(run_id, key, value)
     if liveness.ERROR in mlflow_client.get_run(run_id).data.tags:
         mlflow_client.delete_tag(run_id, liveness.ERROR)
-    return mlflow.start_run(run_id=run_id)
 
 
 @contextmanager

@@ -33,10 +33,7 @@ def sweep_parent_run(config: DictConfig, resume_run_id: str | None = None, tags=
     sweep = " ".join(config.hydra.overrides.task) or "defaults"
     if resume_run_id:
         run_id = resume_run_id
-        for key, value in liveness.process_tags().items():
-            client.set_tag(run_id, key, value)
-        if liveness.ERROR in client.get_run(run_id).data.tags:
-            client.delete_tag(run_id, liveness.ERROR)
+        tracking.take_over(client, run_id, liveness.process_tags())
         client.update_run(run_id, status="RUNNING")
     else:
         experiment = tracking.experiment_id(config.logger.tracking_uri, config.logger.experiment_name)
