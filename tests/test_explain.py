@@ -34,6 +34,29 @@ def test_linear_model_saliency_is_its_weight_row_and_integrated_gradients_are_we
         attribute(model, x, target, "grad_cam", torch.zeros(1, 1, 1, 1))
 
 
+
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "grad_cam"])
+def test_attributions_equal_captums_own_per_example_scores(method):
+    """attribute() hands captum the batch's summed target scores (one backward pass): each input's gradient must be
+    what captum computes from one score per example, for a nonlinear CNN with BatchNorm (in eval mode)."""
+    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Saliency
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3)).eval()
+    x, target = torch.randn(7, 1, 6, 6), torch.tensor([0, 1, 2, 1, 0, 2, 2])
+    ours = attribute(model, x, target, method, torch.zeros(1, 1, 1, 1), steps=9)
+    inputs = x.clone().requires_grad_()
+    if method == "saliency":
+        theirs = Saliency(model).attribute(inputs, target=target, abs=False)
+    elif method == "integrated_gradients":
+        theirs = IntegratedGradients(model).attribute(inputs, baselines=torch.zeros_like(x), target=target, n_steps=9)
+    else:
+        cam = LayerGradCam(model, model[3]).attribute(inputs, target=target, relu_attributions=True)
+        theirs = LayerAttribution.interpolate(cam, (6, 6), interpolate_mode="bilinear")
+    assert torch.allclose(ours, theirs.detach(), atol=1e-6)
+
+
 def planted(count: int, seed: int):
     """Dim noise; class 1 images hold a bright 3x3 patch somewhere, class 0 none: (x, y, patch masks)."""
     generator = torch.Generator().manual_seed(seed)
