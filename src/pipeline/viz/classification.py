@@ -71,7 +71,8 @@ def plot_misclassified(images: torch.Tensor, labels, predictions, class_names: l
         axis.text(left + width / 2, top - gap / 2, f"{class_names[labels[index]]} → {class_names[predictions[index]]}",
                   ha="center", va="bottom", fontsize=7)
     axis.axis("off")
-    return save(figure, path, dpi)
+    figure.subplots_adjust(left=0, right=1, bottom=0, top=1)  # one image, its titles inside it: no layout to measure
+    return save(figure, path, dpi, tight=False)
 
 
 def classification_plots(images, labels, predictions, class_names: list[str], folder: Path,
