@@ -69,8 +69,8 @@ class GAN(ImageTask):
         loss_d, d_real, d_fake = self.discriminator_step(real, fake.detach(), discriminator_optimizer)
         loss_g = self.generator_step(fake, generator_optimizer)
         for term, value in (("loss_d", loss_d), ("loss_g", loss_g), ("d_real", d_real), ("d_fake", d_fake)):
-            self.terms[term](value.detach(), weight=len(real))
-            self.log(f"train/{term}", self.terms[term], on_step=False, on_epoch=True, prog_bar=term.startswith("loss"))
+            self.log_epoch_metric(f"train/{term}", self.terms[term], value.detach(), len(real),
+                                  prog_bar=term.startswith("loss"))
             if self.log_every_step and term.startswith("loss"):
                 self.log(f"train/{term}_step", value.detach(), on_step=True, on_epoch=False)
 
