@@ -71,6 +71,19 @@ def all_runs(tracking_uri: str):
     return client, client.search_runs(experiments) if experiments else []
 
 
+def epochs_logged(db: Path, key: str) -> int:
+    """How many values of metric `key` the running run has logged, read straight from the SQLite file (cheap enough
+    to poll while a run trains): its epochs so far, for a metric logged once per epoch."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(db) as connection:
+            return connection.execute("SELECT count(*) FROM metrics m JOIN runs r ON m.run_uuid = r.run_uuid "
+                                      "WHERE m.key = ? AND r.status = 'RUNNING'", (key,)).fetchone()[0]
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
 def finished_two_rate_sweep(tracking_uri: str):
     """(parent, children) of a finished `-m optimizer.lr=0.01,0.03` sweep, checked: one parent, one finished child
     per rate and nothing else (what every launcher's sweep must leave)."""

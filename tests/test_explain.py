@@ -34,7 +34,6 @@ def test_linear_model_saliency_is_its_weight_row_and_integrated_gradients_are_we
         attribute(model, x, target, "grad_cam", torch.zeros(1, 1, 1, 1))
 
 
-
 @pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "grad_cam"])
 def test_attributions_equal_captums_own_per_example_scores(method):
     """attribute() hands captum the batch's summed target scores (one backward pass): each input's gradient must be

@@ -2,29 +2,18 @@
 epoch, in the same MLflow run, to exactly the result of a run that was never interrupted."""
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import ROOT, all_runs
+from conftest import ROOT, all_runs, epochs_logged
 
 # dropout and shuffling draw random numbers every step: a resume that lost any random state would differ
 # 16 epochs: a kill sent after epoch 3 must land before the run ends, on a machine loaded by the rest of the suite
 EPOCHS = 16
 ARGS = [f"trainer.max_epochs={EPOCHS}", "regularization=dropout", "data.batch_size=16"]
-
-
-def epochs_logged(db) -> int:
-    """Epochs the running run has logged, read straight from the SQLite file (cheap enough to poll)."""
-    try:
-        with sqlite3.connect(db) as connection:
-            return connection.execute("SELECT count(*) FROM metrics m JOIN runs r ON m.run_uuid = r.run_uuid "
-                                      "WHERE m.key = 'val/acc' AND r.status = 'RUNNING'").fetchone()[0]
-    except sqlite3.Error:  # not created yet
-        return 0
 
 
 def start_and_stop_at_epoch(tmp_path, tracking_uri, epoch: int, how: int, *args: str, whole_group=False):
@@ -36,7 +25,7 @@ def start_and_stop_at_epoch(tmp_path, tracking_uri, epoch: int, how: int, *args:
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                                start_new_session=whole_group)
     deadline = time.time() + 120
-    while epochs_logged(tmp_path / "mlflow.db") < epoch:
+    while epochs_logged(tmp_path / "mlflow.db", "val/acc") < epoch:
         assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
         time.sleep(0.02)
     if whole_group:

@@ -4,7 +4,6 @@ curve, episode GIF and policy read back; the DQN's target network and ε on thei
 import json
 import math
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from conftest import ROOT, all_runs
+from conftest import ROOT, all_runs, epochs_logged
 from pipeline.checks import check_job
 from pipeline.cli import one_line
 from pipeline.errors import ConfigError
@@ -183,23 +182,14 @@ def test_run_py_refuses_mlp_on_cartpole_in_one_line(run_py):
     assert "data=cartpole declares no data.num_classes" in line and "model=policy_mlp" in line
 
 
-def epochs_logged(db) -> int:
-    """Epochs the running run has finished logging (train/env_steps comes last, after validation)."""
-    try:
-        with sqlite3.connect(db) as connection:
-            return connection.execute("SELECT count(*) FROM metrics m JOIN runs r ON m.run_uuid = r.run_uuid "
-                                      "WHERE m.key = 'train/env_steps' AND r.status = 'RUNNING'").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
 def test_kill_9_then_resume_auto_continues_the_episodes_and_steps(run_py, tmp_path, tracking_uri):
     args = [*TINY, *DQN, "trainer.max_epochs=4"]
     all_runs(tracking_uri)
     process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={tmp_path}/first"],
                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while epochs_logged(tmp_path / "mlflow.db") < 2:
+    # train/env_steps comes last in an epoch, after validation
+    while epochs_logged(tmp_path / "mlflow.db", "train/env_steps") < 2:
         assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)

@@ -84,8 +84,9 @@ def test_a_run_against_a_server_that_is_not_there_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match="no MLflow server answers at .*python -m pipeline.server start"):
         store.check_server(url)
     # the same from run.py, whose tracking process finds it out while the trainer imports torch
-    result = subprocess.run([sys.executable, str(ROOT / "run.py"), "logger=mlflow_server", f"logger.tracking_uri={url}",
-                             f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, str(ROOT / "run.py"), "logger=mlflow_server",
+                             f"logger.tracking_uri={url}", f"hydra.run.dir={tmp_path}/run"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"error: no MLflow server answers at {url}"), line

@@ -48,7 +48,7 @@ class StopOnDivergence(pl.Callback):
     def gradients_not_finite(self, optimizer) -> torch.Tensor:
         """Not 0 when some gradient holds a NaN or an infinity. One fused pass over the gradients of each
         device and dtype: the check torch's gradient scaler makes, here with a scale of 1, which leaves them as they
-        are (a third of the cost of their norm, for a small model a tenth of its step)."""
+        are (for the template MLP 21 us a step against their norm's 56, in isolation)."""
         grads: dict[tuple, list[torch.Tensor]] = {}
         for group in optimizer.param_groups:
             for parameter in group["params"]:

@@ -46,21 +46,21 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: s
     model.eval()
     x = x.detach().clone().requires_grad_()  # captum warns when it has to switch this on itself
     scores = summed_target_scores(model)
-    target = (torch.as_tensor(target).expand(len(x)).to(x.device),)  # handed to `scores` beside each batch
+    targets = (torch.as_tensor(target).expand(len(x)).to(x.device),)  # handed to `scores` beside each batch
     if method == "saliency":  # the raw input gradient (signed): d score / d pixel
-        return Saliency(scores).attribute(x, additional_forward_args=target, abs=False).detach()
+        return Saliency(scores).attribute(x, additional_forward_args=targets, abs=False).detach()
     if method == "integrated_gradients":
         # As many steps per forward pass as keep the batch's inputs near ROWS_BUDGET numbers: few large passes for
         # small images (digits: all 50 steps in one), one step of all images at a time for large ones.
         steps_per_pass = min(steps, max(1, ROWS_BUDGET // (len(x) * x[0].numel())))
-        return IntegratedGradients(scores).attribute(x, baselines=baseline.expand_as(x), additional_forward_args=target,
-                                                     n_steps=steps,
+        return IntegratedGradients(scores).attribute(x, baselines=baseline.expand_as(x), n_steps=steps,
+                                                     additional_forward_args=targets,
                                                      internal_batch_size=len(x) * steps_per_pass).detach()
     if method == "grad_cam":
         conv = last_conv(model, x)
         if conv is None:
             raise ValueError("Grad-CAM needs a convolutional layer; this model has none")
-        cam = LayerGradCam(scores, conv).attribute(x, additional_forward_args=target, relu_attributions=True)
+        cam = LayerGradCam(scores, conv).attribute(x, additional_forward_args=targets, relu_attributions=True)
         return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear").detach()
     raise ValueError(f"unknown attribution method {method}: choose one of {', '.join(METHODS)}")
 

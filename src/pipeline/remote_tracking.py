@@ -5,8 +5,8 @@ front of the first step and after the last (an import on one core cannot overlap
 and the GIL serialise them). In a second process they run on another core while the trainer imports torch, and
 the export while the trainer draws the plots. Every record is waited for (a run killed at any point has in the store
 what its checkpoints have) except the model and its description, which the run's end waits for: a run that ends
-FINISHED has all its records written. A job of a parallel sweep (joblib, n_jobs > 1) runs the same commands in its own process
-instead: every core already has a job, and a second process would only add its imports.
+FINISHED has all its records written. A job of a parallel sweep (joblib, n_jobs > 1) runs the same commands in its
+own process instead: every core already has a job, and a second process would only add its imports.
 """
 import atexit
 import logging

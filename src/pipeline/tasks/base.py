@@ -38,7 +38,7 @@ class Task(pl.LightningModule):
         self.check_best(monitor, mode)
         self.mean_loss = nn.ModuleDict({stage: MeanMetric() for stage in EVALUATED})
         self.epoch_sums: dict[str, list] = {}  # this epoch's training values so far (see add_to_epoch_mean)
-        self.epoch_metrics: dict[str, tuple] = {}  # this evaluation epoch's metrics (see log_epoch_metric)
+        self.epoch_metrics: dict[str, tuple] = {}  # this epoch's metrics by key, any stage (see log_epoch_metric)
         self.gradient_clip: tuple[float, str] | None = None  # (value, "norm" or "value"): see step_by_hand
         # The best epoch so far; persistent, so it is in checkpoints and a resumed run remembers it.
         self.val_best = nn.ModuleDict({key.removeprefix("val/"): MaxMetric() if direction == "max" else MinMetric()
