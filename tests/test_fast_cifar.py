@@ -1,5 +1,7 @@
 """The fast CIFAR-10 recipe (experiment=cifar10_cnn, issue 15): the whitening layer fitted from the data, the
 test-time views, and the moving average of the weights that validation, the best checkpoint and the test use."""
+import copy
+
 import pytest
 import torch
 
@@ -46,6 +48,37 @@ def test_test_time_views_average_the_mirrored_and_shifted_images_in_eval_mode_on
     model.test_time_views = 2
     assert torch.allclose(model(x), model(x.flip(3)), atol=1e-6)  # a mirrored image gets the same answer
     assert torch.allclose(model.train()(x), one(x))  # training sees the image as it is
+
+
+class HeldOutImages:
+    """What the explanations read of a datamodule: the test split in batches, its pixel normalisation, the classes."""
+    class_names = [str(index) for index in range(10)]
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def test_dataloader(self):
+        return [(self.images[start:start + 8], self.labels[start:start + 8]) for start in range(0, len(self.images), 8)]
+
+    def unit_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels - 0.5) / 0.25
+
+
+def test_a_model_with_test_time_views_is_explained_on_each_image_as_it_is(tmp_path):
+    """Grad-CAM of a view-averaging model would read only the last (mirrored) view's pass; the explanations and
+    their checks are of the network on the image itself, and the model keeps its views afterwards."""
+    from pipeline.viz.explanations import explanation_files
+
+    torch.manual_seed(0)
+    model = WhitenedCNN([3, 32, 32], 10, widths=[8, 16, 16], test_time_views=6).eval()
+    network = copy.deepcopy(model)
+    network.test_time_views = 1
+    data = HeldOutImages(torch.randn(24, 3, 32, 32), torch.arange(24) % 10)
+    viewed, _ = explanation_files(model, data, tmp_path, sample=16, steps=4)
+    plain, _ = explanation_files(network, data, tmp_path, sample=16, steps=4)
+    assert viewed.pop("views") == "each image as it is (the test averaged 6 views of it)"
+    assert viewed == plain and "sanity_spearman_grad_cam" in plain
+    assert model.test_time_views == 6
 
 
 def test_the_whitening_bias_learns_for_its_epochs_then_stays_even_under_momentum():

@@ -1,6 +1,7 @@
 """Explanations of an image classifier that are checked, not only drawn: saliency, integrated gradients and Grad-CAM
 (captum), a deletion test (does masking the most-attributed pixels hurt accuracy more than masking random ones?)
 and the weight-randomisation sanity check of Adebayo et al. 2018 (do the maps change when the weights are noise?)."""
+import contextlib
 import copy
 import math
 
@@ -75,6 +76,23 @@ def summed_target_scores(model: nn.Module):
         return model(inputs).gather(1, target[:, None]).sum().reshape(1)
 
     return forward
+
+
+@contextlib.contextmanager
+def one_view(model: nn.Module):
+    """Within: `model` reads each image as it is, once. A model that averages test-time views (mirrored, shifted
+    copies; `test_time_views`) has no single map of the image to explain, and Grad-CAM would read only the last
+    view's pass through its layer (a mirrored one: its map comes out mirrored). Explaining one view is also as many
+    times cheaper as there are views."""
+    views = getattr(model, "test_time_views", None)
+    if views is None:
+        yield model
+        return
+    model.test_time_views = 1
+    try:
+        yield model
+    finally:
+        model.test_time_views = views
 
 
 def pixel_importance(attributions: torch.Tensor) -> torch.Tensor:

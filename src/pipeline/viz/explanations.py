@@ -59,18 +59,23 @@ def test_split(datamodule) -> tuple[torch.Tensor, torch.Tensor]:
 def explanation_files(model, datamodule, folder: Path, shown=(0, 1, 2, 3), sample: int = 300, steps: int = 50,
                       seed: int = 0, dpi: int = 110) -> tuple[dict, list[Path]]:
     """Explain `model` on the test images `shown` (explanations.png) and run the deletion test and sanity check on
-    a seeded sample of `sample` test images (explanations.json): (results, [png, json])."""
-    from pipeline.explanations import attribute, black_value, explain, methods_for, predicted
+    a seeded sample of `sample` test images (explanations.json): (results, [png, json]). A model that averages
+    test-time views is explained on each image as it is (explanations.one_view)."""
+    from pipeline.explanations import attribute, black_value, explain, methods_for, one_view, predicted
     from pipeline.files import write_json
 
     x, y = test_split(datamodule)
     chosen = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:sample]
     value = black_value(datamodule, x.shape[1])
-    results, _ = explain(model, x[chosen], y[chosen], value, steps, seed=seed)
+    views = getattr(model, "test_time_views", 1)
+    with one_view(model):
+        results, _ = explain(model, x[chosen], y[chosen], value, steps, seed=seed)
+        shown = torch.tensor([index for index in shown if index < len(x)], dtype=torch.long)
+        target = predicted(model, x[shown])
+        maps = {method: attribute(model, x[shown], target, method, value, steps) for method in methods_for(model)}
     results = {"test_images": len(x), **results}
-    shown = torch.tensor([index for index in shown if index < len(x)], dtype=torch.long)
-    target = predicted(model, x[shown])
-    maps = {method: attribute(model, x[shown], target, method, value, steps) for method in methods_for(model)}
+    if views != 1:
+        results["views"] = f"each image as it is (the test averaged {views} views of it)"
     names = list(getattr(datamodule, "class_names", None) or range(int(y.max()) + 1))
     figure = plot_explanations(x[shown], y[shown], target, maps, [str(name) for name in names], results,
                                folder / "explanations.png", dpi)
