@@ -23,6 +23,8 @@ ROWS = {
     "no_tta": ["model.test_time_views=1"],  # the test image as it is, not 6 mirrored/shifted views
     "mirror_tta_only": ["model.test_time_views=2"],
     "no_weight_average": ["~callbacks.weight_average"],
+    # airbench's Lookahead (the weights pulled back to their moving average every 5 steps) in the average's place
+    "lookahead_instead": ["~callbacks.weight_average", "+callbacks.lookahead._target_=pipeline.lookahead.Lookahead"],
     "no_label_smoothing": ["task.label_smoothing=0"],
     "no_bias_scale": ["task.norm_bias_lr_scale=1"],  # the BatchNorm shifts at the others' learning rate
     "whitening_bias_always": ["model.whitening_bias_epochs=null"],  # trained every epoch, not the first 3 only

@@ -179,3 +179,22 @@ def test_the_model_yaml_names_exactly_the_networks_arguments():
 
     keys = set(yaml.safe_load((CONF / "model" / "whitened_cnn.yaml").read_text())) - {"_target_", *PIPELINE_KEYS}
     assert keys == set(inspect.signature(WhitenedCNN).parameters)
+
+
+def test_every_row_of_the_recipe_benchmark_composes(compose_config):
+    """A row is a list of overrides of experiment=cifar10_cnn: each must name keys the recipe has (or adds one)."""
+    import importlib.util
+
+    from pipeline.averaging import WeightAverage
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("cifar_recipe", ROOT / "benchmarks" / "cifar_recipe.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    for name, overrides in recipe.ROWS.items():
+        cfg = compose_config("experiment=cifar10_cnn", *overrides)
+        assert cfg.experiment_name == "cifar10_cnn", name
+    built = train.build_callbacks(compose_config("experiment=cifar10_cnn", *recipe.ROWS["lookahead_instead"]))
+    assert {type(callback).__name__ for callback in built} >= {"Lookahead"} and not any(
+        isinstance(callback, WeightAverage) for callback in built)
