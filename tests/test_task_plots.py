@@ -114,3 +114,18 @@ def test_word_projection(tmp_path, size):
 def test_word_projection_refuses_mismatched_vocabulary(tmp_path):
     with pytest.raises(ValueError, match=r"one row per word, got shape \(10, 8\) for 9 words"):
         plot_word_projection([f"w{i}" for i in range(9)], torch.randn(10, 8), tmp_path / "w.png")
+
+
+def test_a_tight_figure_is_drawn_once_to_measure_and_once_to_render(tmp_path):
+    """tight_layout measures with one draw; savefig must not draw the figure a third time (it does while the
+    figure keeps the placeholder layout engine tight_layout leaves)."""
+    from pipeline.viz import pyplot, save
+
+    figure, axis = pyplot().subplots()
+    axis.imshow(np.arange(16).reshape(4, 4))
+    axis.set_title("a title that tight_layout must make room for")
+    draws = []
+    figure.canvas.mpl_connect("draw_event", lambda event: draws.append(event))
+    save(figure, tmp_path / "tight.png")
+    assert len(draws) == 1  # the rendering; tight_layout's measuring pass emits no draw event
+    assert read_png(tmp_path / "tight.png").shape[:2] == (528, 704)  # 6.4 x 4.8 inches at 110 dpi
