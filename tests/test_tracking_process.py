@@ -53,6 +53,29 @@ def test_an_error_nobody_waited_for_fails_the_run_at_its_end(tracking_uri):
     assert [m.value for m in client.get_metric_history(recorded.info.run_id, "loss")] == [0.5]
 
 
+def test_a_command_the_tracking_process_cannot_rebuild_fails_the_run_and_says_why(tmp_path, tracking_uri, monkeypatch):
+    """An object of a class only the trainer can import arrives whole but cannot be unpickled there: the run is not
+    labelled KILLED (its trainer is alive) but FAILED with the reason, and the trainer's call fails in one line."""
+    from pipeline import liveness, remote_tracking
+    from pipeline.errors import TrainingError
+
+    (tmp_path / "only_here.py").write_text("class Setting:\n    def __str__(self):\n        return 'a setting'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # this process's path only: the tracking process does not have it
+    from only_here import Setting
+
+    worker = remote_tracking.TrackingProcess()
+    try:
+        run_id = worker.call("start_run", tracking_uri, "unreadable", "one run", liveness.process_tags(), None)
+        with pytest.raises(TrainingError, match=r"the MLflow tracking process \(pid \d+\) ended unexpectedly"):
+            worker.call("log_params", {"setting": Setting()})
+    finally:
+        worker.close()
+    _, (recorded,) = all_runs(tracking_uri)
+    assert recorded.info.run_id == run_id and recorded.info.status == "FAILED"
+    assert "could not read a command" in recorded.data.tags[liveness.ERROR]
+    assert "only_here" in recorded.data.tags[liveness.ERROR]  # No module named 'only_here'
+
+
 def tracking_worker_of(pid: int) -> int | None:
     for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
         if "pipeline.tracking_worker" in Path(f"/proc/{child}/cmdline").read_text():

@@ -135,6 +135,18 @@ class Worker:
                                        "of memory); marked KILLED by its tracking process")
         self.end_run("KILLED")
 
+    def unreadable(self, error: Exception) -> None:
+        """A command arrived whole but could not be rebuilt here (say, an object of a class this process cannot
+        import): what follows it in the pipe cannot be read either, so the run ends FAILED, saying why, and the
+        trainer's next command finds this process gone."""
+        import mlflow
+
+        log.error("the MLflow tracking process could not read a command: %s", tracking.end_reason(error))
+        if mlflow.active_run() is not None:
+            mlflow.set_tag(liveness.ERROR, "its tracking process could not read a command from the trainer ("
+                                           f"{tracking.end_reason(error)}); the run's records stop there")
+            self.end_run("FAILED")
+
     def run_id(self) -> str:
         import mlflow
 
@@ -187,8 +199,11 @@ def serve(commands, replies, worker: Worker) -> None:
     while True:
         try:
             wait, name, args = pickle.load(commands)
-        except Exception:  # EOFError, or UnpicklingError for a message cut off
+        except (EOFError, pickle.UnpicklingError):  # the pipe closed, or a message cut off by the trainer's death
             break
+        except Exception as error:  # a whole message this process cannot rebuild: the trainer is alive, the run fails
+            worker.unreadable(error)
+            return
         answer = worker.handle(wait, name, args)
         if wait and not send(replies, answer):
             break
