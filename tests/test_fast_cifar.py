@@ -67,6 +67,7 @@ class HeldOutImages:
 def test_a_model_with_test_time_views_is_explained_on_each_image_as_it_is(tmp_path):
     """Grad-CAM of a view-averaging model would read only the last (mirrored) view's pass; the explanations and
     their checks are of the network on the image itself, and the model keeps its views afterwards."""
+    from pipeline.explain import table
     from pipeline.viz.explanations import explanation_files
 
     torch.manual_seed(0)
@@ -76,6 +77,7 @@ def test_a_model_with_test_time_views_is_explained_on_each_image_as_it_is(tmp_pa
     data = HeldOutImages(torch.randn(24, 3, 32, 32), torch.arange(24) % 10)
     viewed, _ = explanation_files(model, data, tmp_path, sample=16, steps=4)
     plain, _ = explanation_files(network, data, tmp_path, sample=16, steps=4)
+    assert "explained: each image as it is (the test averaged 6 views of it)" in table(viewed)  # explain's stdout
     assert viewed.pop("views") == "each image as it is (the test averaged 6 views of it)"
     assert viewed == plain and "sanity_spearman_grad_cam" in plain
     assert model.test_time_views == 6

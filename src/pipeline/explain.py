@@ -61,6 +61,8 @@ def table(results: dict) -> str:
                  "vs re-initialised maps (near 0 passes)")
     if isinstance(results.get("grad_cam"), str):
         lines.append(f"grad_cam: {results['grad_cam']}")
+    if "views" in results:
+        lines.append(f"explained: {results['views']}")
     return "\n".join(lines)
 
 
