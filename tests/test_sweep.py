@@ -23,6 +23,8 @@ def test_sweep_makes_a_parent_with_four_named_children_and_a_summary(run_py, tra
     assert all(c.info.status == "FINISHED" for c in children)
     assert {c.info.run_name for c in children} == {
         f"optimizer={o} regularization={r}" for o in ("sgd", "adam") for r in ("none", "dropout")}
+    for child in children:  # each job's own line, though joblib's workers are ended without their exit
+        assert f"{child.info.run_name}: test/acc=" in result.stdout, result.stdout[-3000:]
 
     best = max(children, key=lambda c: c.data.metrics["val/acc_best"])
     assert parent.data.tags["best_run_id"] == best.info.run_id
@@ -109,3 +111,34 @@ def test_a_value_handed_to_jobs_reaches_their_composed_config_unchanged(value):
         parsed = OverridesParser.create().parse_override(added)
         assert parsed.key_or_group == "hydra.job.env_set.PIPELINE_TEST_VALUE" and parsed.value() == value
     assert list(config.hydra.overrides.hydra) == ["hydra.verbose=false"]  # taken back when the sweep ends
+
+
+def slow_to_exit(_) -> int:
+    """A task that leaves its worker process 60 s of exit work (as a worker that imported torch and MLflow has
+    teardown to do), and returns the worker's pid."""
+    import atexit
+    import os
+    import time
+
+    atexit.register(time.sleep, 60)
+    return os.getpid()
+
+
+def test_a_sweep_ends_the_joblib_workers_without_waiting_for_their_exit():
+    import os
+    import threading
+
+    from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+    from joblib import Parallel, delayed
+
+    from pipeline.search.launcher_workers import stop_workers
+
+    pids = set(Parallel(n_jobs=2, backend="loky")(delayed(slow_to_exit)(index) for index in range(4)))
+    stopping = threading.Thread(target=stop_workers, args=(JoblibLauncher(n_jobs=2),))
+    stopping.start()
+    stopping.join(timeout=30)  # waiting for the workers' own exit would take 60 s
+    assert not stopping.is_alive()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    stop_workers(object())  # any other launcher: nothing to do

@@ -23,4 +23,9 @@ class PipelineSweeper(Sweeper):
         self.chosen.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]):
-        return self.chosen.sweep(arguments)
+        from pipeline.search.launcher_workers import stop_workers
+
+        try:
+            return self.chosen.sweep(arguments)
+        finally:
+            stop_workers(self.chosen.launcher)

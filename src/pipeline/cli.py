@@ -95,6 +95,9 @@ def run_job(cfg):
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise
         raise SingleRunError(error) from None
+    finally:  # a launcher's worker process may be ended without its exit (launcher_workers.py): nothing stays buffered
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 def _raise_keyboard_interrupt(signum, frame):
