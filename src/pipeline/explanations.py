@@ -80,17 +80,18 @@ def summed_target_scores(model: nn.Module):
 
 @contextlib.contextmanager
 def one_view(model: nn.Module):
-    """Within: `model` reads each image as it is, once. A model that averages test-time views (mirrored, shifted
-    copies; `test_time_views`) has no single map of the image to explain, and Grad-CAM would read only the last
-    view's pass through its layer (a mirrored one: its map comes out mirrored). Explaining one view is also as many
-    times cheaper as there are views."""
+    """Within: `model` reads each image as it is, once; yields how many views it averaged (1 for a model without
+    test-time views). A model that averages test-time views (mirrored, shifted copies; `test_time_views`) has no
+    single map of the image to explain, and Grad-CAM would read only the last view's pass through its layer (a
+    mirrored one: its map comes out mirrored). Explaining one view is also as many times cheaper as there are
+    views."""
     views = getattr(model, "test_time_views", None)
     if views is None:
-        yield model
+        yield 1
         return
     model.test_time_views = 1
     try:
-        yield model
+        yield views
     finally:
         model.test_time_views = views
 

@@ -141,10 +141,11 @@ class Worker:
         trainer's next command finds this process gone."""
         import mlflow
 
-        log.error("the MLflow tracking process could not read a command: %s", tracking.end_reason(error))
+        reason = tracking.end_reason(error)
+        log.error("the MLflow tracking process could not read a command: %s", reason)
         if mlflow.active_run() is not None:
-            mlflow.set_tag(liveness.ERROR, "its tracking process could not read a command from the trainer ("
-                                           f"{tracking.end_reason(error)}); the run's records stop there")
+            mlflow.set_tag(liveness.ERROR, f"its tracking process could not read a command from the trainer ({reason});"
+                                           " the run's records stop there")
             self.end_run("FAILED")
 
     def run_id(self) -> str:

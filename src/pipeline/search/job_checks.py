@@ -8,6 +8,8 @@ imports torch, and the workers' imports, which the jobs need anyway, happen side
 """
 from omegaconf import DictConfig
 
+from pipeline.search.launcher_workers import is_joblib
+
 
 def problem(cfg: DictConfig, singleton_state=None) -> str | None:
     """The one-line reason this composed job config would be refused (checks.check_job), None if it passes.
@@ -35,7 +37,7 @@ def problem(cfg: DictConfig, singleton_state=None) -> str | None:
 def problems(configs: list[DictConfig], launcher, meanwhile=lambda: None) -> list[str | None]:
     """`problem` of each config, in the joblib launcher's workers when that is the launcher, else here; this
     process calls `meanwhile()` while the workers check (or first)."""
-    if type(launcher).__name__ != "JoblibLauncher":
+    if not is_joblib(launcher):
         meanwhile()
         return [problem(cfg) for cfg in configs]
     from hydra.core.singleton import Singleton

@@ -4,9 +4,14 @@ for two workers on 2 cores), which the sweeping process waits for before it can 
 every job has written its runs and files and flushed its output (cli.run_job) before its result came back."""
 
 
+def is_joblib(launcher) -> bool:
+    """Whether `launcher` is Hydra's joblib launcher (by name: its plugin is imported only where it is chosen)."""
+    return type(launcher).__name__ == "JoblibLauncher"
+
+
 def stop_workers(launcher) -> None:
     """End the joblib launcher's workers (a no-op for any other launcher)."""
-    if type(launcher).__name__ != "JoblibLauncher":
+    if not is_joblib(launcher):
         return
     from joblib.externals.loky import get_reusable_executor
 

@@ -67,8 +67,7 @@ def explanation_files(model, datamodule, folder: Path, shown=(0, 1, 2, 3), sampl
     x, y = test_split(datamodule)
     chosen = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:sample]
     value = black_value(datamodule, x.shape[1])
-    views = getattr(model, "test_time_views", 1)
-    with one_view(model):
+    with one_view(model) as views:
         results, _ = explain(model, x[chosen], y[chosen], value, steps, seed=seed)
         shown = torch.tensor([index for index in shown if index < len(x)], dtype=torch.long)
         target = predicted(model, x[shown])
