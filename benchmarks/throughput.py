@@ -8,10 +8,11 @@ process, each epoch with its validation pass.
 - plain: what a student writes, the same objects driven by hand (train, then evaluate the validation split);
 - bare lightning: Trainer.fit of the same task with no logger, no callbacks, no progress bar, no checkpoint, and
   Lightning's automatic optimisation;
-- pipeline: the task as `python run.py` builds it (its own optimizer steps: Task.step_by_hand) and the trainer as
-  run.py builds it (train.build_trainer: the callbacks group with its progress bar
-  and best checkpoint, the last checkpoint, the divergence check; a CSV logger instead of MLflow's, whose per-epoch
-  writes are not the per-step cost measured here).
+- pipeline: the task as `python run.py` builds it (its own optimizer steps: Task.step_by_hand, several per call
+  from Lightning's loop where a step is cheap: fused_steps) and the trainer as run.py builds it
+  (train.build_trainer: the callbacks group with its progress bar and best checkpoint, the last checkpoint, the
+  divergence check; a CSV logger instead of MLflow's, whose per-epoch writes are not the per-step cost measured
+  here). --breakdown adds it without its checkpoints and with one step per call (fused_steps=1).
 Prints images/s and seconds per epoch for each and the ratios to plain (1.0 = no overhead). Targets (issue 15): pipeline
 ≥ 0.75× plain on the template MLP (aim 0.85×), ≥ 0.9× on the CIFAR CNN. Where a GPU is present it reports
 the GPU case too (the same runs on accelerator=gpu).
@@ -28,6 +29,7 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from pipeline.train import build_data, build_task, build_trainer, trainer_settings
 
@@ -49,6 +51,7 @@ TINY = {
 }
 LOOPS = ("plain", "bare lightning", "pipeline")
 NO_CHECKPOINTS = "pipeline without checkpoints"  # --breakdown
+ONE_STEP = "pipeline one step per call"  # --breakdown: fused_steps=1, Lightning's loop around every step
 BARE = dict(logger=False, callbacks=[], enable_progress_bar=False, enable_checkpointing=False)
 
 
@@ -139,6 +142,8 @@ def measure(cfg, repeats: int, loops=LOOPS) -> dict[str, float]:
         times["pipeline"].append(time_lightning(cfg, bare=False))
         if NO_CHECKPOINTS in loops:
             times[NO_CHECKPOINTS].append(time_lightning(cfg, bare=False, checkpoints=False))
+        if ONE_STEP in loops:
+            times[ONE_STEP].append(time_lightning(OmegaConf.merge(cfg, {"fused_steps": 1}), bare=False))
     return {loop: statistics.median(values) for loop, values in times.items()}
 
 
@@ -149,7 +154,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES) + list(TINY))
     parser.add_argument("--tiny", action="store_true", help="tiny models on data=digits: checks the benchmark runs")
-    parser.add_argument("--breakdown", action="store_true", help="also the pipeline without its checkpoints")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also the pipeline without its checkpoints, and with one step per call")
     parser.add_argument("--accelerators", nargs="+", default=["cpu", "gpu"], choices=["cpu", "gpu"],
                         help="where to measure (gpu only where CUDA is present)")
     args = parser.parse_args()
@@ -168,7 +174,7 @@ def main() -> None:
                 cfg = compose("config", overrides=[*overrides, f"trainer.max_epochs={args.epochs}", "logger=csv",
                                                    f"paths.output_dir={scratch}/{name}",
                                                    f"trainer.accelerator={accelerator}"])
-                loops = LOOPS + ((NO_CHECKPOINTS,) if args.breakdown else ())
+                loops = LOOPS + ((NO_CHECKPOINTS, ONE_STEP) if args.breakdown else ())
                 seconds = measure(cfg, args.repeats, loops)
                 images = len(build_data(cfg).splits["train"][1]) * args.epochs
                 parts = [f"{loop} {images / seconds[loop]:.0f} img/s ({seconds[loop] / args.epochs:.3g} s/epoch)"

@@ -25,6 +25,7 @@ RULES = [
     ("resume", lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "null, auto or an MLflow run id"),
     ("trial", lambda v: v is None or (_integer(v) and v >= 0), "null (set by a search) or an integer >= 0"),
     ("threads", lambda v: v is None or (_integer(v) and v >= 1), "null or an integer >= 1"),
+    ("fused_steps", lambda v: v == "auto" or (_integer(v) and v >= 1), "auto or an integer >= 1"),
     ("data.batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("data.num_classes", lambda v: v is None or (_integer(v) and v >= 2),
      "an integer >= 2 (or null where the data finds its classes, as data=chars does)"),

@@ -24,9 +24,16 @@ class ProgressBar(RichProgressBar):
         self._shown = now
         return True
 
+    @property
+    def total_train_batches(self):
+        """Steps, where the task takes several per batch Lightning hands it (pipeline/fused_steps.py)."""
+        return getattr(self.trainer.train_dataloader, "steps", None) or super().total_train_batches
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not self.is_disabled and self._due(batch_idx, self.total_train_batches):
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        group = getattr(trainer.train_dataloader, "group", 1)
+        step = min((batch_idx + 1) * group, self.total_train_batches) - 1  # the group's last step, from 0
+        if not self.is_disabled and self._due(step, self.total_train_batches):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, step)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if not self.is_disabled and self._due(batch_idx, self.total_val_batches_current_dataloader):

@@ -20,6 +20,7 @@ from pipeline.objective import objective
 from pipeline.precision import resolved as precision_for, use_tensor_cores
 from pipeline.divergence import StopOnDivergence
 from pipeline.errors import ConfigError
+from pipeline.fused_steps import FusedSteps
 from pipeline.models.building import build_network, module_layers
 from pipeline.tasks.base import steps_by_hand
 from pipeline.timing import phase
@@ -48,10 +49,12 @@ def hydra_overrides() -> tuple[list[str], str | None, list[str]]:
 
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     """The callbacks group's, then the ones no run goes without: a resumable last checkpoint with the random
-    state, a stop on divergence, and in a search's trial the pruning of hopeless trials."""
+    state, a stop on divergence, the choice of steps per call (fused_steps), and in a search's trial the pruning of
+    hopeless trials."""
     callbacks = cfg.get("callbacks") or {}
     chosen = [instantiate(callback) for callback in callbacks.values() if callback and "_target_" in callback]
-    chosen += [resume.last_checkpoint(cfg.paths.output_dir), resume.RandomState(), StopOnDivergence()]
+    chosen += [resume.last_checkpoint(cfg.paths.output_dir), resume.RandomState(), StopOnDivergence(),
+               FusedSteps(cfg.get("fused_steps", "auto"))]
     if cfg.get("trial") is None:  # not a search's trial: no study to report to (and optuna's import is spared)
         return chosen
     from pipeline.search.pruning import trial_callbacks

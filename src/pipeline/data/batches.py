@@ -63,3 +63,33 @@ class TensorBatches:
         for start in range(0, len(x), self.batch_size):
             batch = x[start : start + self.batch_size], y[start : start + self.batch_size]
             yield tuple(part.pin_memory() for part in batch) if self.pin else batch
+
+
+class BatchGroup(list):
+    """Consecutive training batches handed to the task in one call from Lightning's loop, which takes a step for each
+    (pipeline/fused_steps.py). A list, so Lightning moves every batch in it to the device."""
+
+
+class GroupedBatches:
+    """An epoch's training batches (a TensorBatches) in BatchGroups of `group`: the same batches in the same order,
+    so the same steps. Lightning counts the groups; `steps` is how many batches, one optimizer step each."""
+
+    def __init__(self, batches, group: int):
+        self.batches, self.group = batches, group
+
+    @property
+    def steps(self) -> int:
+        return len(self.batches)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.batches) / self.group)
+
+    def __iter__(self):
+        group = BatchGroup()
+        for batch in self.batches:
+            group.append(batch)
+            if len(group) == self.group:
+                yield group
+                group = BatchGroup()
+        if group:
+            yield group

@@ -196,9 +196,7 @@ class ImageDataModule(InMemoryDataModule):
             x = random_flip(x, self.augment_generator)
         return x
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Lightning's hook after the batch reached its device: augment training batches only."""
-        if self.trainer is None or not self.trainer.training:
-            return batch
+    def training_batch(self, batch):
+        """Augmented, on its device (InMemoryDataModule.on_after_batch_transfer)."""
         x, y = batch
         return self.augment(x), y

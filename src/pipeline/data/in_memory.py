@@ -3,7 +3,7 @@ import pytorch_lightning as pl
 import torch
 from sklearn.model_selection import train_test_split
 
-from pipeline.data.batches import TensorBatches
+from pipeline.data.batches import BatchGroup, GroupedBatches, TensorBatches
 from pipeline.data.placement import fits_on, training_device
 from pipeline.errors import ConfigError
 
@@ -48,6 +48,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.shuffle_generator = torch.Generator().manual_seed(seed)
         self.on_device: dict = {}  # served(): (split, device) -> (the host tensors, their GPU copies or None)
+        self.training_group = 1  # training batches per call of the task (set by pipeline/fused_steps.py)
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -176,7 +177,21 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.on_device = {}
 
     def train_dataloader(self):
-        return self.batches("train", shuffle=True)
+        batches = self.batches("train", shuffle=True)
+        return GroupedBatches(batches, self.training_group) if self.training_group > 1 else batches
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Lightning's hook after a batch reached its device: training batches, each of a group, go through
+        training_batch."""
+        if self.trainer is None or not self.trainer.training:
+            return batch
+        if isinstance(batch, BatchGroup):
+            return BatchGroup(self.training_batch(part) for part in batch)
+        return self.training_batch(batch)
+
+    def training_batch(self, batch):
+        """A training batch on its device, as the task gets it (image data augments it here)."""
+        return batch
 
     def val_dataloader(self):
         return self.batches("val")

@@ -13,7 +13,9 @@ from omegaconf import DictConfig
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MinMetric
 
+from pipeline.data.batches import BatchGroup
 from pipeline.errors import ConfigError
+from pipeline.fused_steps import step_listeners, training_steps
 
 STAGES = ("train_", "val_", "test_")  # ModuleDict keys can't be "train" (a Module attribute): hence the underscore
 EVALUATED = STAGES[1:]  # the stages whose metrics are torchmetrics objects; training values are summed by hand
@@ -147,7 +149,7 @@ class Task(pl.LightningModule):
         if getattr(self.scheduler, "func", None) is torch.optim.lr_scheduler.OneCycleLR:
             # One-cycle schedules are defined over the whole run's steps, which only the trainer knows; each group
             # peaks at the schedule's max_lr scaled as the group's learning rate is.
-            peak, steps = self.scheduler.keywords["max_lr"], int(self.trainer.estimated_stepping_batches)
+            peak, steps = self.scheduler.keywords["max_lr"], training_steps(self.trainer)
             peaks = [peak * group["lr"] / optimizer.defaults["lr"] for group in optimizer.param_groups]
             scheduler = self.scheduler(optimizer, max_lr=peaks if len(peaks) > 1 else peak, total_steps=steps)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -166,6 +168,8 @@ class Task(pl.LightningModule):
             self.gradient_clip = (float(trainer.gradient_clip_val), trainer.get("gradient_clip_algorithm") or "norm")
 
     def training_step(self, batch, batch_idx):
+        if isinstance(batch, BatchGroup):
+            return self.take_steps(batch, batch_idx)
         loss = self.training_loss(batch, batch_idx)
         if loss is not None and not self.automatic_optimization:
             optimizer = self.optimizers()
@@ -174,6 +178,32 @@ class Task(pl.LightningModule):
             optimizer.step()  # clips first, in on_before_optimizer_step, where Lightning would
             self.step_schedulers("step")
         return loss
+
+    def take_steps(self, group: BatchGroup, group_idx: int) -> None:
+        """One optimizer step for each batch of the group (pipeline/fused_steps.py), each as training_step takes it
+        through Lightning: the divergence check before backward and before the step, clipping, the step's
+        schedules; Lightning's step count goes up by one per step and the loggers' by one per batch."""
+        lightning_optimizer = self.optimizers()
+        optimizer = lightning_optimizer.optimizer
+        listeners = step_listeners(self.trainer)
+        first = group_idx * self.trainer.train_dataloader.group  # the batch index each step would have had
+        for index, batch in enumerate(group, start=first):
+            loss = self.training_loss(batch, index)
+            if loss is None:
+                continue
+            optimizer.zero_grad()
+            for listener in listeners:
+                listener.on_before_backward(self.trainer, self, loss)
+            loss.backward()
+            lightning_optimizer._on_before_step()  # Lightning's step count, as LightningOptimizer.step keeps it
+            for listener in listeners:
+                listener.on_before_optimizer_step(self.trainer, self, optimizer)
+            self.on_before_optimizer_step(optimizer)
+            optimizer.step()
+            lightning_optimizer._on_after_step()
+            self.step_schedulers("step")
+        # Lightning adds one after the call: the loggers' step (metrics' x axis) counts batches as without groups.
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped += len(group) - 1
 
     def step_schedulers(self, interval: str) -> None:
         """Under manual optimisation, step the schedules whose interval is `interval` ("step" or "epoch")."""
