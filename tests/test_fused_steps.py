@@ -106,7 +106,7 @@ class Slow(torch.nn.Module):
 def test_auto_takes_fewer_steps_per_call_the_longer_a_step_takes(compose_config):
     cfg = compose_config(*QUIET)
     datamodule = train.build_data(cfg)
-    assert steps_in(0.05, Slow(0.0), datamodule) == 16
+    assert steps_in(0.05, Slow(0.0), datamodule) == 32
     assert steps_in(0.05, Slow(0.004), datamodule) in (3, 4)  # a step ~ three forward passes: ~12 ms
     assert steps_in(0.05, Slow(0.03), datamodule) == 1
 
