@@ -105,11 +105,13 @@ def overridden(obj, base: type, hooks) -> list[str]:
 
 
 def step_safe(callback: pl.Callback) -> bool:
-    """Callbacks whose per-step hooks may see a group: a progress bar (it shows steps: pipeline/progress.py), a
-    checkpoint with no step trigger, and the divergence check, which the task calls at every step."""
+    """Callbacks whose per-step hooks may see a group: a progress bar (ours shows steps: pipeline/progress.py), a
+    checkpoint with no step trigger, the divergence check, which the task calls at every step, and a callback that
+    says so (`sees_groups = True`: its per-step hooks only observe)."""
     if isinstance(callback, pl.callbacks.ModelCheckpoint):
         return not callback._every_n_train_steps and callback._train_time_interval is None
-    return isinstance(callback, (pl.callbacks.ProgressBar, StopOnDivergence))
+    return isinstance(callback, (pl.callbacks.ProgressBar, StopOnDivergence)) or getattr(callback, "sees_groups",
+                                                                                         False)
 
 
 def step_listeners(trainer: pl.Trainer) -> list[StopOnDivergence]:

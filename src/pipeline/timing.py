@@ -31,13 +31,16 @@ def phase(name: str):
 
 class EpochClock(pl.Callback):
     """Times the epochs (each training epoch with its validation) and the first step, separating what a longer
-    run pays per epoch from what every run pays once."""
+    run pays per epoch from what every run pays once. Where the task takes several steps per call (fused_steps)
+    the "first step" is the first call's."""
+
+    sees_groups = True  # its per-step hook only reads the clock: steps may be taken several per call
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         epochs.append(time.time())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == 1 and not any(name == "first step" for name, _, _ in phases):
+        if trainer.global_step >= 1 and not any(name == "first step" for name, _, _ in phases):
             phases.append(("first step", epochs[0], time.time()))
 
     def on_fit_end(self, trainer, pl_module) -> None:
