@@ -90,6 +90,8 @@ def test_auto_groups_cheap_steps_and_a_refused_group_says_why(compose_config):
         fitted(compose_config, "trainer.max_epochs=1", "fused_steps=4", callbacks=[WeightAverage(decay=0.9)])
     with pytest.raises(ConfigError, match="fused_steps=4: the steps are Lightning's"):
         fitted(compose_config, "trainer.max_epochs=1", "fused_steps=4", "+trainer.accumulate_grad_batches=2")
+    with pytest.raises(ConfigError, match="fused_steps=4: task.log_every_step=true logs every step"):
+        fitted(compose_config, "trainer.max_epochs=1", "fused_steps=4", "task.log_every_step=true")
     with pytest.raises(ConfigError, match="fused_steps=4: trainer.max_steps=5 counts Lightning's calls"):
         fitted(compose_config, "fused_steps=4", "+trainer.max_steps=5")
     with pytest.raises(ConfigError, match="fused_steps=0.*auto or an integer >= 1"):

@@ -8,9 +8,10 @@ task groups of consecutive batches (data/batches.py: GroupedBatches) and the tas
 steps as one step per call; only Lightning's per-batch work is paid once per group.
 
 That is only the same where nothing else acts between steps, so it is used only where every callback's per-step
-hooks are known: a progress bar (it shows steps), a checkpoint saved per epoch, the divergence check (the task calls
-it at each step). A weight average, lookahead, a step-triggered checkpoint, gradient accumulation, 16-mixed's
-gradient scaler, several processes, step limits or a task that takes its own steps each keep one step per call.
+hooks are known: a progress bar (ours shows steps; Lightning's own would count calls), a checkpoint saved per epoch,
+the divergence check (the task calls it at each step). A weight average, lookahead, a step-triggered checkpoint,
+gradient accumulation, 16-mixed's gradient scaler, several processes, step limits or a task that takes its own
+steps each keep one step per call.
 """
 import time
 
@@ -26,9 +27,10 @@ MOST = 32  # steps per call that `auto` takes at most: template MLP 16: 0.83x pl
 GROUP_SECONDS = 0.05  # `auto` groups fewer steps where a group would take longer: the bar moves once per group
 CALLBACK_STEP_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_backward", "on_after_backward",
                        "on_before_optimizer_step", "on_before_zero_grad")
-MODULE_STEP_HOOKS = CALLBACK_STEP_HOOKS[:2] + ("on_before_backward", "on_after_backward", "on_before_zero_grad",
-                                               "on_before_batch_transfer", "on_after_batch_transfer",
-                                               "transfer_batch_to_device", "optimizer_step")
+# The task's own: Task.on_before_optimizer_step (the clipping) is called at each step; a task's override is not.
+MODULE_STEP_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_backward", "on_after_backward",
+                     "on_before_zero_grad", "on_before_batch_transfer", "on_after_batch_transfer",
+                     "transfer_batch_to_device", "optimizer_step")
 
 
 class FusedSteps(pl.Callback):
