@@ -121,21 +121,31 @@ def step_listeners(trainer: pl.Trainer) -> list[StopOnDivergence]:
     return [callback for callback in trainer.callbacks if isinstance(callback, StopOnDivergence)]
 
 
+TIMED_EXAMPLES = 64  # steps_in times this many examples and scales to the batch: a large network costs little to time
+
+
 @torch.no_grad()
 def steps_in(seconds: float, task, datamodule) -> int:
-    """How many training steps take about `seconds`, at most MOST: a step costs about three forward passes, timed
-    on one training batch with the model in eval mode (no batch statistics or random draws change)."""
-    x = datamodule.splits["train"][0][: datamodule.batch_size]
+    """How many training steps take about `seconds`, at most MOST: a step costs about three forward passes of its
+    batch, timed on the first training examples with the model in eval mode (no batch statistics or random draws
+    change). Eval mode may cost more (a model averaging test-time views): then fewer steps, never more."""
+    examples = min(datamodule.batch_size, TIMED_EXAMPLES)
+    x = datamodule.splits["train"][0][:examples]
     training = task.training
     task.eval()
     try:
         task(x)  # the first pass sets up kernels and memory
-        start = time.perf_counter()
-        task(x)
-        step = 3 * (time.perf_counter() - start)
+        forward = min(timed(task, x) for _ in range(3))  # the least: on a busy machine a pass may wait for a core
+        step = 3 * forward * datamodule.batch_size / examples
     finally:
         task.train(training)
     return max(1, min(MOST, int(seconds / max(step, 1e-9))))
+
+
+def timed(task, x) -> float:
+    start = time.perf_counter()
+    task(x)
+    return time.perf_counter() - start
 
 
 def training_steps(trainer: pl.Trainer) -> int:
