@@ -15,6 +15,11 @@ def main(cfg) -> float:
 
 
 if __name__ == "__main__":
+    import sys
+
+    from pipeline.remote_tracking import start_early
+
+    start_early(sys.argv[1:])
     from pipeline.cli import as_main_process, with_clear_errors
 
     as_main_process(with_clear_errors, main)

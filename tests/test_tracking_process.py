@@ -137,3 +137,27 @@ def test_a_trainer_killed_while_it_waits_for_an_answer_has_its_run_marked_killed
     assert run.info.status == "KILLED", stderr[-3000:]
     assert "ended without a word" in run.data.tags[liveness.ERROR]
     assert "Traceback" not in stderr, stderr[-3000:]
+
+
+@pytest.mark.parametrize("arguments, rank, starts", [
+    (["trainer.max_epochs=2"], "0", True),
+    (["-m", "optimizer.lr=0.1,0.2"], "0", False),  # a sweep: its jobs may track in other processes
+    (["--cfg", "job"], "0", False),
+    (["--help"], "0", False),
+    (["logger=csv"], "0", False),
+    (["trainer.max_epochs=2"], "1", False),  # a data-parallel run's other processes never track
+])
+def test_run_py_starts_its_tracking_process_before_hydra_only_for_a_tracked_run(monkeypatch, arguments, rank, starts):
+    from pipeline import remote_tracking
+
+    monkeypatch.setattr(remote_tracking, "_process", None)
+    monkeypatch.setenv("LOCAL_RANK", rank)
+    remote_tracking.start_early(arguments)
+    started = remote_tracking._process
+    try:
+        assert (started is not None) == starts
+        if started is not None:  # it imports MLflow at once, before any store is named
+            assert started.call("import_mlflow") is None and started.alive()
+    finally:
+        if started is not None:
+            started.close()

@@ -136,6 +136,20 @@ def process() -> "TrackingProcess | InProcessTracking":
     return _process
 
 
+NOT_A_RUN = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-sc",
+             "--shell-completion", "logger=csv", "logger=none", "hydra.mode=MULTIRUN")
+
+
+def start_early(arguments: list[str]) -> None:
+    """Start the worker as run.py starts, before Hydra composes the config, and let it import MLflow: the store
+    opens sooner and the trainer waits less for its run to start. Not for a sweep (its jobs may run elsewhere), a
+    help or config printout, another logger named on the command line, or a data-parallel run's other processes."""
+    from pipeline.distributed import is_leader
+
+    if is_leader() and not any(argument.split("@")[0] in NOT_A_RUN for argument in arguments):
+        process().send("import_mlflow")
+
+
 def open_store(tracking_uri: str) -> None:
     """Start the worker and let it import MLflow and open the store now, while this process imports torch."""
     process().send("open", tracking_uri)

@@ -40,6 +40,10 @@ class Worker:
             self.preloading = threading.Thread(target=preload, name="preload", daemon=True)
             self.preloading.start()
 
+    def import_mlflow(self) -> None:
+        """Before the config is known (remote_tracking.start_early)."""
+        import mlflow  # noqa: F401
+
     def start_run(self, tracking_uri: str, experiment_name: str, run_name: str, tags: dict,
                   parent_run_id: str | None) -> str:
         import mlflow
