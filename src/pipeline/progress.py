@@ -30,9 +30,9 @@ class ProgressBar(RichProgressBar):
         return getattr(self.trainer.train_dataloader, "steps", None) or super().total_train_batches
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        group = getattr(trainer.train_dataloader, "group", 1)
-        step = min((batch_idx + 1) * group, self.total_train_batches) - 1  # the group's last step, from 0
-        if not self.is_disabled and self._due(step, self.total_train_batches):
+        group, total = getattr(trainer.train_dataloader, "group", 1), self.total_train_batches
+        step = min((batch_idx + 1) * group, total) - 1  # the group's last step, from 0
+        if not self.is_disabled and self._due(step, total):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, step)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
