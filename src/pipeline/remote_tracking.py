@@ -146,7 +146,7 @@ def start_early(arguments: list[str]) -> None:
     help or config printout, another logger named on the command line, or a data-parallel run's other processes."""
     from pipeline.distributed import is_leader
 
-    if is_leader() and not any(argument.split("@")[0] in NOT_A_RUN for argument in arguments):
+    if is_leader() and not any(argument in NOT_A_RUN for argument in arguments):
         process().send("import_mlflow")
 
 
