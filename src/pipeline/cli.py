@@ -81,11 +81,11 @@ def run_job(cfg):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from pipeline import distributed, remote_tracking, tracking
+    from pipeline import collector, distributed, remote_tracking, tracking
 
     if tracking.uses_mlflow(cfg) and distributed.is_leader():  # MLflow's import overlaps torch's, just below
         remote_tracking.open_store(cfg.logger.tracking_uri)
-    from pipeline.train import run
+    run = collector.import_module("pipeline.train").run
 
     hydra_cfg = HydraConfig.get()
     cfg.paths.output_dir = hydra_cfg.runtime.output_dir

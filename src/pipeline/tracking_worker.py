@@ -16,7 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-from pipeline import liveness, tracking
+from pipeline import collector, liveness, tracking
 
 log = logging.getLogger("pipeline.tracking")
 
@@ -37,7 +37,7 @@ class Worker:
         background: the trainer is still importing torch on the other core."""
         self.client = tracking.client(tracking_uri)
         if self.preload and self.preloading is None:
-            self.preloading = threading.Thread(target=preload, name="preload", daemon=True)
+            self.preloading = threading.Thread(target=preload_then_collect, name="preload", daemon=True)
             self.preloading.start()
 
     def import_mlflow(self) -> None:
@@ -198,6 +198,14 @@ def preload() -> None:
     torch.set_num_threads(1)
 
 
+def preload_then_collect() -> None:
+    """preload(), then the garbage collector on again (main() paused it), with everything imported so far frozen."""
+    try:
+        preload()
+    finally:
+        collector.resume()
+
+
 def serve(commands, replies, worker: Worker) -> None:
     """Answer commands until the trainer is gone: its pipe closed, a message cut off by its death, or no one left to
     read an answer (killed while it waited for one)."""
@@ -236,6 +244,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.nice(19)  # the trainer's threads come first; what the trainer waits for runs while it waits
+    collector.pause()  # imports (MLflow, then preload) ahead: collected from the end of preload on
     status = 0
     try:
         serve(os.fdopen(commands_fd, "rb"), os.fdopen(replies_fd, "wb"), Worker(trainer_pid))

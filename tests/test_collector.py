@@ -1,0 +1,71 @@
+"""The garbage collector paused during the big imports and their objects frozen after (collector.py)."""
+import gc
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import ROOT
+
+
+def run_python(code: str, cwd) -> str:
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_a_first_import_is_not_collected_and_is_frozen_after_and_a_second_freezes_nothing(tmp_path):
+    (tmp_path / "many_objects.py").write_text("TABLE = [[index] for index in range(20_000)]\n")
+    passes, frozen, enabled, frozen_again = run_python("""
+        import gc
+        from pipeline import collector
+
+        passes = []
+        gc.callbacks.append(lambda phase, info: phase == "start" and passes.append(info["generation"]))
+        module = collector.import_module("many_objects")
+        passes_in_import, frozen, enabled = len(passes), gc.get_freeze_count(), gc.isenabled()
+        garbage_of_a_job = [[index] for index in range(5_000)]
+        assert collector.import_module("many_objects") is module
+        print(passes_in_import, frozen, enabled, gc.get_freeze_count())
+    """, tmp_path)
+    assert passes == "0"  # 20,000 new lists would have started a collection every 700 allocations
+    assert int(frozen) >= 20_000
+    assert enabled == "True"
+    assert frozen_again == frozen  # a sweep's later job: what earlier jobs left stays collectable
+
+
+def test_a_run_freezes_what_torch_and_lightning_imported_and_collects_again_after(tmp_path):
+    """The whole run.py, watched from inside: at its exit the collector is on and the imports' objects frozen."""
+    watcher = tmp_path / "watch.py"
+    watcher.write_text(textwrap.dedent(f"""
+        import atexit, gc, runpy, sys
+
+        atexit.register(lambda: print("collector", gc.isenabled(), gc.get_freeze_count(), file=sys.stderr))
+        sys.argv = [{str(ROOT / 'run.py')!r}, *sys.argv[1:]]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    """))
+    done = subprocess.run([sys.executable, str(watcher), "logger=csv", "trainer.max_epochs=1",
+                           f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, enabled, frozen = next(line for line in done.stderr.splitlines() if line.startswith("collector")).split()
+    assert enabled == "True"
+    assert int(frozen) > 200_000  # torch and Lightning alone create ~400,000
+
+
+def test_the_tracking_process_collects_again_after_its_preload_even_a_failed_one(monkeypatch):
+    from pipeline import tracking_worker
+
+    def failing_preload():
+        raise ImportError("no torch.export here")
+
+    monkeypatch.setattr(tracking_worker, "preload", failing_preload)
+    gc.disable()
+    try:
+        with pytest.raises(ImportError):
+            tracking_worker.preload_then_collect()
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()  # this test process's objects: collectable again
+        gc.enable()
