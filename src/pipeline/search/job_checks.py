@@ -19,8 +19,10 @@ def problem(cfg: DictConfig, singleton_state=None) -> str | None:
         from hydra.core.singleton import Singleton
 
         Singleton.set_state(singleton_state)
-    from pipeline.checks import check_job
+    from pipeline import collector
     from pipeline.cli import describe
+
+    check_job = collector.import_module("pipeline.checks").check_job  # torch's import: once, uncollected
 
     try:
         check_job(cfg)
@@ -29,7 +31,7 @@ def problem(cfg: DictConfig, singleton_state=None) -> str | None:
         if message is None:
             raise
         return message
-    import pipeline.train  # noqa: F401  (what the job will import: the worker is warm when it arrives)
+    collector.import_module("pipeline.train")  # what the job will import: the worker is warm when it arrives
 
     return None
 
