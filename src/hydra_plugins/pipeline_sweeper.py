@@ -20,7 +20,10 @@ class PipelineSweeper(Sweeper):
             self.chosen = SearchSweeper(strategy=strategy, params=params, **search)
 
     def setup(self, *, hydra_context, task_function, config) -> None:
+        from pipeline.search.launcher_workers import fork_from_warm_process
+
         self.chosen.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        fork_from_warm_process(self.chosen.launcher)
 
     def sweep(self, arguments: list[str]):
         from pipeline.search.launcher_workers import stop_workers

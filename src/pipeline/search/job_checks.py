@@ -50,6 +50,5 @@ def problems(configs: list[DictConfig], launcher, meanwhile=lambda: None) -> lis
     settings["backend"] = "loky"
     process_joblib_cfg(settings)
     state = Singleton.get_state()
-    checking = Parallel(**settings, return_as="generator")(delayed(problem)(cfg, state) for cfg in configs)
-    meanwhile()  # the workers check in the background meanwhile
-    return list(checking)
+    meanwhile()  # while the process the workers are forked from imports (launcher_workers.fork_from_warm_process)
+    return list(Parallel(**settings)(delayed(problem)(cfg, state) for cfg in configs))

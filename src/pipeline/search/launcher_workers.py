@@ -18,3 +18,18 @@ def stop_workers(launcher) -> None:
     # reuse=True: the executor the launcher used, whatever its settings (a sweep always started it: its checks ran
     # there, job_checks.py)
     get_reusable_executor(reuse=True).shutdown(wait=True, kill_workers=True)
+
+
+def fork_from_warm_process(launcher) -> None:
+    """Have the joblib launcher's workers forked from one process that imports, once and at once, what every job
+    needs (worker_imports.py), instead of each worker importing it again in a fresh interpreter."""
+    if not is_joblib(launcher):
+        return
+    import multiprocessing
+    import multiprocessing.forkserver
+
+    from joblib.externals.loky.backend.context import set_start_method
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["pipeline.search.worker_imports"])
+    set_start_method("forkserver", force=True)
+    multiprocessing.forkserver.ensure_running()
