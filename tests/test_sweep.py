@@ -1,4 +1,8 @@
 """`python run.py -m ...`: one MLflow parent run per sweep, one child per job, a summary on the parent."""
+import subprocess
+import sys
+import textwrap
+
 import mlflow
 import pytest
 
@@ -142,3 +146,36 @@ def test_a_sweep_ends_the_joblib_workers_without_waiting_for_their_exit():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     stop_workers(object())  # any other launcher: nothing to do
+
+
+def test_the_joblib_launchers_workers_start_with_what_every_job_imports_already_imported():
+    """Forked from one warm process (launcher_workers.fork_from_warm_process), not started bare: the first job in
+    each worker finds torch, Lightning, MLflow and the pipeline imported, and frozen out of the collector's passes.
+    In a process of its own: the start method it sets is loky's for the whole process."""
+    code = textwrap.dedent("""
+        import sys
+
+        from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+        from joblib import Parallel, delayed
+
+        from pipeline.search.launcher_workers import fork_from_warm_process, stop_workers
+
+
+        def state_at_first_job():
+            import gc
+            import sys
+
+            return all(name in sys.modules for name in ("pipeline.train", "mlflow.pytorch")), gc.get_freeze_count()
+
+
+        fork_from_warm_process(JoblibLauncher(n_jobs=2))
+        found = Parallel(n_jobs=2, backend="loky")(delayed(state_at_first_job)() for _ in range(2))
+        stop_workers(JoblibLauncher(n_jobs=2))
+        print("pipeline.train" in sys.modules, *(value for pair in found for value in pair))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    in_sweeping_process, *workers = done.stdout.split()
+    assert in_sweeping_process == "False"  # imported by the process the workers are forked from, not here
+    assert workers[0::2] == ["True", "True"]
+    assert all(int(count) > 200_000 for count in workers[1::2])
