@@ -179,3 +179,23 @@ def test_the_joblib_launchers_workers_start_with_what_every_job_imports_already_
     assert in_sweeping_process == "False"  # imported by the process the workers are forked from, not here
     assert workers[0::2] == ["True", "True"]
     assert all(int(count) > 200_000 for count in workers[1::2])
+
+
+def test_the_process_joblib_workers_are_forked_from_never_touches_cuda():
+    """CUDA set up before a fork cannot be used in the forked child: what the warm process imports
+    (search/worker_imports.py) must not ask torch.cuda anything; the jobs find their GPU themselves."""
+    code = textwrap.dedent("""
+        import torch
+
+        asked = []
+        for name in ("is_available", "device_count", "init", "current_device", "get_device_properties",
+                     "get_device_capability", "is_bf16_supported", "set_device", "_lazy_init"):
+            setattr(torch.cuda, name, lambda *args, name=name, **kwargs: asked.append(name))
+
+        import pipeline.search.worker_imports  # noqa: F401
+
+        print(asked)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]"
