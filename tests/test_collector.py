@@ -69,3 +69,16 @@ def test_the_tracking_process_collects_again_after_its_preload_even_a_failed_one
     finally:
         gc.unfreeze()  # this test process's objects: collectable again
         gc.enable()
+
+
+@pytest.mark.parametrize("stage", ["prepare", "train", "evaluate", "visualize"])
+def test_each_dvc_stage_imports_torch_and_lightning_uncollected_and_frozen(stage, tmp_path):
+    """`python -m pipeline.stages.<stage>` imports them as the module loads, before any entry point could."""
+    enabled, frozen, torch_loaded = run_python(f"""
+        import gc, sys
+        import pipeline.stages.{stage}
+
+        print(gc.isenabled(), gc.get_freeze_count(), "torch" in sys.modules)
+    """, tmp_path)
+    assert enabled == "True" and torch_loaded == "True"
+    assert int(frozen) > 200_000

@@ -4,9 +4,12 @@ import shutil
 
 from omegaconf import DictConfig
 
-from pipeline.cli import as_main_process, run_stage
-from pipeline.stages.outputs import CHECKPOINT, DETAILS, METRICS, load_prepared, pipeline_run_continued, write_json
-from pipeline.train import build_data, build_task, build_trainer, metrics_of, start
+from pipeline import collector
+
+with collector.paused():  # torch and Lightning: imported once, then left out of the collector's passes
+    from pipeline.cli import as_main_process, run_stage
+    from pipeline.stages.outputs import CHECKPOINT, DETAILS, METRICS, load_prepared, pipeline_run_continued, write_json
+    from pipeline.train import build_data, build_task, build_trainer, metrics_of, start
 
 
 def evaluate(cfg: DictConfig) -> None:

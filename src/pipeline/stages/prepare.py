@@ -2,9 +2,12 @@
 seed, and save the splits as one tensor file, so later stages never read the raw files again."""
 from omegaconf import DictConfig
 
-from pipeline.cli import as_main_process, run_stage
-from pipeline.stages.outputs import PREPARED, save_torch
-from pipeline.train import build_data, start
+from pipeline import collector
+
+with collector.paused():  # torch and Lightning: imported once, then left out of the collector's passes
+    from pipeline.cli import as_main_process, run_stage
+    from pipeline.stages.outputs import PREPARED, save_torch
+    from pipeline.train import build_data, start
 
 
 def prepare(cfg: DictConfig) -> None:

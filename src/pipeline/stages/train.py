@@ -7,14 +7,17 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from pipeline import resume, tracking, transfer
-from pipeline.cli import as_main_process, run_stage
-from pipeline.data.download import md5_of
-from pipeline.history import EpochHistory, HistoryInCheckpoints
-from pipeline.stages.outputs import (CHECKPOINT, HISTORY, PREPARED, RUN, load_prepared, load_weights,
-                                     write_atomically, write_json)
-from pipeline.train import (build_data, build_task, build_trainer, fit, log_trained_model, resume_point,
-                            run_identity, start)
+from pipeline import collector
+
+with collector.paused():  # torch and Lightning: imported once, then left out of the collector's passes
+    from pipeline import resume, tracking, transfer
+    from pipeline.cli import as_main_process, run_stage
+    from pipeline.data.download import md5_of
+    from pipeline.history import EpochHistory, HistoryInCheckpoints
+    from pipeline.stages.outputs import (CHECKPOINT, HISTORY, PREPARED, RUN, load_prepared, load_weights,
+                                         write_atomically, write_json)
+    from pipeline.train import (build_data, build_task, build_trainer, fit, log_trained_model, resume_point,
+                                run_identity, start)
 
 
 def pipeline_run(cfg: DictConfig, resumed, transferred: dict):

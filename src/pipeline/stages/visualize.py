@@ -5,11 +5,14 @@ import shutil
 
 from omegaconf import DictConfig
 
-from pipeline.cli import as_main_process, run_stage
-from pipeline.history import read_history
-from pipeline.stages.outputs import HISTORY, PLOTS, load_prepared, load_weights, pipeline_run_continued
-from pipeline.train import build_data, build_task, start
-from pipeline.viz.learning_curves import plot_learning_curves
+from pipeline import collector
+
+with collector.paused():  # torch and Lightning: imported once, then left out of the collector's passes
+    from pipeline.cli import as_main_process, run_stage
+    from pipeline.history import read_history
+    from pipeline.stages.outputs import HISTORY, PLOTS, load_prepared, load_weights, pipeline_run_continued
+    from pipeline.train import build_data, build_task, start
+    from pipeline.viz.learning_curves import plot_learning_curves
 
 
 def visualize(cfg: DictConfig) -> None:
