@@ -199,3 +199,33 @@ def test_the_process_joblib_workers_are_forked_from_never_touches_cuda():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_a_stopped_sweep_ends_a_child_whose_own_process_tags_it_at_the_same_moment(tracking_uri):
+    """Ctrl-C reaches the sweep and its running job together: both write the child's `pipeline.error` tag, and
+    MLflow refuses the second insert (seen in CI: UNIQUE constraint failed). The sweep still ends the child, and
+    the child keeps its own process's reason."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline import liveness
+    from pipeline.search.sweep_parent_run import end_running_children
+
+    client, _ = all_runs(tracking_uri)
+    experiment = client.create_experiment("race")
+    parent = client.create_run(experiment).info.run_id
+    child = client.create_run(experiment, tags={"mlflow.parentRunId": parent}).info.run_id
+
+    class ChildTagsFirst:
+        """The store as the sweep's process sees it while the child's process wins the race for the tag."""
+
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def set_tag(self, run_id, key, value):
+            client.set_tag(run_id, key, "stopped (Ctrl-C or SIGTERM)")  # the child's own process, first
+            raise MlflowException("UNIQUE constraint failed: tags.key, tags.run_uuid")
+
+    end_running_children(ChildTagsFirst(), parent, "KILLED", "stopped (Ctrl-C or SIGTERM)")
+    ended = client.get_run(child)
+    assert ended.info.status == "KILLED"
+    assert ended.data.tags[liveness.ERROR] == "stopped (Ctrl-C or SIGTERM)"

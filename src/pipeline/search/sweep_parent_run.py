@@ -68,10 +68,18 @@ def children_of(client, parent_run_id: str):
 
 
 def end_running_children(client, parent_run_id: str, status: str, reason: str) -> None:
-    """Children a stopped sweep leaves behind (parallel workers are terminated without a chance to say so)."""
+    """Children a stopped sweep leaves behind (parallel workers are terminated without a chance to say so). A
+    child's own process may be ending it at this very moment (a Ctrl-C reaches both): MLflow then refuses the second
+    insert of the same tag, and the child keeps the reason its process gave."""
+    from mlflow.exceptions import MlflowException
+
     for child in children_of(client, parent_run_id):
         if child.info.status == "RUNNING":
-            client.set_tag(child.info.run_id, liveness.ERROR, f"its sweep was {reason}")
+            try:
+                client.set_tag(child.info.run_id, liveness.ERROR, f"its sweep was {reason}")
+            except MlflowException:
+                if client.get_run(child.info.run_id).data.tags.get(liveness.ERROR) is None:
+                    raise
             client.set_terminated(child.info.run_id, status)
 
 
