@@ -4,7 +4,8 @@ worker processes.
 A check builds each job's model, so it needs torch and Lightning: ~8 s of imports on a 2-core machine. Done in
 the sweeping process, that is paid there, then again in every worker the launcher starts afterwards. Done in the
 workers (loky keeps them for the launch that follows: same n_jobs, same settings), the sweeping process never
-imports torch, and the workers' imports, which the jobs need anyway, happen side by side while they check.
+imports torch; the workers are forked from one process that has imported what the jobs need anyway
+(launcher_workers.fork_from_warm_process).
 """
 from omegaconf import DictConfig
 
@@ -36,11 +37,9 @@ def problem(cfg: DictConfig, singleton_state=None) -> str | None:
     return None
 
 
-def problems(configs: list[DictConfig], launcher, meanwhile=lambda: None) -> list[str | None]:
-    """`problem` of each config, in the joblib launcher's workers when that is the launcher, else here; this
-    process calls `meanwhile()` while the workers check (or first)."""
+def problems(configs: list[DictConfig], launcher) -> list[str | None]:
+    """`problem` of each config, in the joblib launcher's workers when that is the launcher, else here."""
     if not is_joblib(launcher):
-        meanwhile()
         return [problem(cfg) for cfg in configs]
     from hydra.core.singleton import Singleton
     from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
@@ -50,5 +49,4 @@ def problems(configs: list[DictConfig], launcher, meanwhile=lambda: None) -> lis
     settings["backend"] = "loky"
     process_joblib_cfg(settings)
     state = Singleton.get_state()
-    meanwhile()  # while the process the workers are forked from imports (launcher_workers.fork_from_warm_process)
     return list(Parallel(**settings)(delayed(problem)(cfg, state) for cfg in configs))

@@ -72,7 +72,10 @@ class SafeGridSweeper(BasicSweeper):
             with open_dict(cfg):
                 del cfg["hydra"]
             composed[number] = cfg
-        refused.update(zip(composed, problems(list(composed.values()), self.launcher, self.open_store)))
+        # Before the checks: under the joblib launcher their workers wait for the process they are forked from to
+        # import torch and Lightning (launcher_workers.fork_from_warm_process), and MLflow imports here meanwhile.
+        self.open_store()
+        refused.update(zip(composed, problems(list(composed.values()), self.launcher)))
         bad = [f"sweep job {number} ({job_name(jobs[number])}): {refused[number]}"
                for number in sorted(refused) if refused[number]]
         if bad:
