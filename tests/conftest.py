@@ -4,6 +4,7 @@ import http.server
 import os
 import subprocess
 import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -56,6 +57,15 @@ def run_py(tmp_path, tracking_uri):
                               timeout=timeout, **popen)
 
     return _run
+
+
+def run_python(code: str, cwd=None) -> list[str]:
+    """`code` (dedented) run by this interpreter in a fresh process, which must succeed: its printed words. For
+    what a process changes for good (the garbage collector, loky's start method) or must start without."""
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.split()
 
 
 def all_runs(tracking_uri: str):

@@ -6,14 +6,7 @@ import textwrap
 
 import pytest
 
-from conftest import ROOT
-
-
-def run_python(code: str, cwd) -> str:
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.split()
+from conftest import ROOT, run_python
 
 
 def test_a_first_import_is_not_collected_and_is_frozen_after_and_a_second_freezes_nothing(tmp_path):

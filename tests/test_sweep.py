@@ -1,12 +1,8 @@
 """`python run.py -m ...`: one MLflow parent run per sweep, one child per job, a summary on the parent."""
-import subprocess
-import sys
-import textwrap
-
 import mlflow
 import pytest
 
-from conftest import all_runs
+from conftest import all_runs, run_python
 
 SWEEP = ["-m", "optimizer=sgd,adam", "regularization=none,dropout", "trainer.max_epochs=2"]
 
@@ -152,7 +148,7 @@ def test_the_joblib_launchers_workers_start_with_what_every_job_imports_already_
     """Forked from one warm process (launcher_workers.fork_from_warm_process), not started bare: the first job in
     each worker finds torch, Lightning, MLflow and the pipeline imported, and frozen out of the collector's passes.
     In a process of its own: the start method it sets is loky's for the whole process."""
-    code = textwrap.dedent("""
+    in_sweeping_process, *workers = run_python("""
         import sys
 
         from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
@@ -173,9 +169,6 @@ def test_the_joblib_launchers_workers_start_with_what_every_job_imports_already_
         stop_workers(JoblibLauncher(n_jobs=2))
         print("pipeline.train" in sys.modules, *(value for pair in found for value in pair))
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    in_sweeping_process, *workers = done.stdout.split()
     assert in_sweeping_process == "False"  # imported by the process the workers are forked from, not here
     assert workers[0::2] == ["True", "True"]
     assert all(int(count) > 200_000 for count in workers[1::2])
@@ -184,7 +177,7 @@ def test_the_joblib_launchers_workers_start_with_what_every_job_imports_already_
 def test_the_process_joblib_workers_are_forked_from_never_touches_cuda():
     """CUDA set up before a fork cannot be used in the forked child: what the warm process imports
     (search/worker_imports.py) must not ask torch.cuda anything; the jobs find their GPU themselves."""
-    code = textwrap.dedent("""
+    asked = run_python("""
         import torch
 
         asked = []
@@ -196,9 +189,7 @@ def test_the_process_joblib_workers_are_forked_from_never_touches_cuda():
 
         print(asked)
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip() == "[]"
+    assert asked == ["[]"]
 
 
 def test_a_stopped_sweep_ends_a_child_whose_own_process_tags_it_at_the_same_moment(tracking_uri):
