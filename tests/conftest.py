@@ -68,6 +68,24 @@ def run_python(code: str, cwd=None) -> list[str]:
     return done.stdout.split()
 
 
+def run_py_reporting_at_exit(tmp_path, report: str, *arguments: str) -> list[str]:
+    """The whole run.py (with `arguments`) in a fresh process, watched from inside: `report`, an expression, is
+    evaluated as the process exits (atexit, after the run) and its printed words returned. For what a run leaves
+    behind in its process (the collector's state, the modules it imported)."""
+    watcher = tmp_path / "watch.py"
+    watcher.write_text(textwrap.dedent(f"""
+        import atexit, gc, runpy, sys
+
+        atexit.register(lambda: print("report:", {report}, file=sys.stderr))
+        sys.argv = [{str(ROOT / 'run.py')!r}, *sys.argv[1:]]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    """))
+    done = subprocess.run([sys.executable, str(watcher), *arguments, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return next(line for line in done.stderr.splitlines() if line.startswith("report:")).split()[1:]
+
+
 def all_runs(tracking_uri: str):
     """The store's client and every run in it. The store is opened as the pipeline opens it (a client alone would
     create a new store's tables in place, which a run starting at the same moment would find half made)."""

@@ -1,12 +1,9 @@
 """The garbage collector paused during the big imports and their objects frozen after (collector.py)."""
 import gc
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
-from conftest import ROOT, run_python
+from conftest import run_py_reporting_at_exit, run_python
 
 
 def test_a_first_import_is_not_collected_and_is_frozen_after_and_a_second_freezes_nothing(tmp_path):
@@ -31,18 +28,8 @@ def test_a_first_import_is_not_collected_and_is_frozen_after_and_a_second_freeze
 
 def test_a_run_freezes_what_torch_and_lightning_imported_and_collects_again_after(tmp_path):
     """The whole run.py, watched from inside: at its exit the collector is on and the imports' objects frozen."""
-    watcher = tmp_path / "watch.py"
-    watcher.write_text(textwrap.dedent(f"""
-        import atexit, gc, runpy, sys
-
-        atexit.register(lambda: print("collector", gc.isenabled(), gc.get_freeze_count(), file=sys.stderr))
-        sys.argv = [{str(ROOT / 'run.py')!r}, *sys.argv[1:]]
-        runpy.run_path(sys.argv[0], run_name="__main__")
-    """))
-    done = subprocess.run([sys.executable, str(watcher), "logger=csv", "trainer.max_epochs=1",
-                           f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    _, enabled, frozen = next(line for line in done.stderr.splitlines() if line.startswith("collector")).split()
+    enabled, frozen = run_py_reporting_at_exit(tmp_path, "gc.isenabled(), gc.get_freeze_count()", "logger=csv",
+                                               "trainer.max_epochs=1")
     assert enabled == "True"
     assert int(frozen) > 200_000  # torch and Lightning alone create ~400,000
 

@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from pipeline import distributed, resume, timing, tracking, transfer
+from pipeline import distributed, object_storage, resume, timing, tracking, transfer
 from pipeline.checks import check_config, check_model_fits_data
 from pipeline.cores import cores, parallel_jobs
 from pipeline.objective import objective
@@ -115,6 +115,7 @@ def trainer_settings(cfg: DictConfig) -> dict:
 
 
 def build_trainer(cfg: DictConfig, mlflow_run, loggers=(), callbacks=()) -> pl.Trainer:
+    object_storage.ask_only_when_imported()
     logger = build_logger(cfg, mlflow_run)
     all_loggers = ([logger] if logger else []) + list(loggers)
     return instantiate(cfg.trainer, logger=all_loggers or False, callbacks=build_callbacks(cfg) + list(callbacks),
