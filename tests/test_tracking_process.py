@@ -10,19 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, all_runs
-
-# run.py as a user runs it, telling at its exit (the exit handlers still run) whether MLflow was imported.
-WATCHED_RUN = ("import atexit, runpy, sys; "
-               "atexit.register(lambda: print('mlflow imported:', 'mlflow' in sys.modules, file=sys.stderr)); "
-               f"sys.argv = ['run.py', *sys.argv[1:]]; runpy.run_path({str(ROOT / 'run.py')!r}, run_name='__main__')")
+from conftest import ROOT, all_runs, run_py_reporting_at_exit
 
 
 def test_the_trainer_never_imports_mlflow_and_its_run_is_recorded_whole(tmp_path, tracking_uri):
-    result = subprocess.run([sys.executable, "-c", WATCHED_RUN, "trainer.max_epochs=2", f"hydra.run.dir={tmp_path}/run"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "mlflow imported: False" in result.stderr
+    (mlflow_imported,) = run_py_reporting_at_exit(tmp_path, "'mlflow' in sys.modules", "trainer.max_epochs=2")
+    assert mlflow_imported == "False"
     client, (run,) = all_runs(tracking_uri)
     assert run.info.status == "FINISHED"
     assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 2

@@ -163,11 +163,20 @@ class TrackedRun:
         self.tracking, self.run_id, self.tracking_uri = tracking, run_id, tracking_uri
         uri_in_use = tracking_uri
 
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        """Waited for, as the params and texts are: an epoch in a checkpoint has its metrics in the store, whatever
-        kills the processes after (a resumed run's history has no gap)."""
-        self.tracking.call("log_metrics", {key: float(value) for key, value in metrics.items()}, step,
-                           int(time.time() * 1000))
+    def log_metrics(self, metrics: dict[str, float], step: int = 0, timestamp_ms: int | None = None,
+                    wait: bool = True) -> None:
+        """Waited for, as the params and texts are, unless `wait` is False: then `written` waits for it (the epoch
+        metrics: mlflow_logger.EpochWrites waits before each checkpoint, so a resumed run's history has no gap)."""
+        args = ({key: float(value) for key, value in metrics.items()}, step,
+                int(time.time() * 1000) if timestamp_ms is None else timestamp_ms)
+        if wait:
+            self.tracking.call("log_metrics", *args)
+        else:
+            self.tracking.send("log_metrics", *args)
+
+    def written(self) -> None:
+        """Wait until everything sent before is written; raises what failed among those."""
+        self.tracking.call("written")
 
     def log_params(self, params: dict[str, str]) -> None:
         self.tracking.call("log_params", params)

@@ -78,6 +78,9 @@ class Worker:
         self.client.log_batch(self.run_id(), metrics=[Metric(key, value, timestamp_ms, step)
                                                       for key, value in metrics.items()])
 
+    def written(self) -> None:
+        """Nothing: its answer says every command sent before it is done (or brings the error of one that failed)."""
+
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id(), text, artifact_file)
 

@@ -21,6 +21,7 @@ from pipeline.precision import resolved as precision_for, use_tensor_cores
 from pipeline.divergence import StopOnDivergence
 from pipeline.errors import ConfigError
 from pipeline.fused_steps import FusedSteps
+from pipeline.mlflow_logger import EpochWrites, MLFlowLogger
 from pipeline.models.building import build_network, module_layers
 from pipeline.tasks.base import steps_by_hand
 from pipeline.timing import phase
@@ -118,8 +119,9 @@ def build_trainer(cfg: DictConfig, mlflow_run, loggers=(), callbacks=()) -> pl.T
     object_storage.ask_only_when_imported()
     logger = build_logger(cfg, mlflow_run)
     all_loggers = ([logger] if logger else []) + list(loggers)
-    return instantiate(cfg.trainer, logger=all_loggers or False, callbacks=build_callbacks(cfg) + list(callbacks),
-                       **trainer_settings(cfg))
+    writes = [EpochWrites(logger)] if isinstance(logger, MLFlowLogger) else []
+    return instantiate(cfg.trainer, logger=all_loggers or False,
+                       callbacks=build_callbacks(cfg) + writes + list(callbacks), **trainer_settings(cfg))
 
 
 def start(cfg: DictConfig) -> None:
