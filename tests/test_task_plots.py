@@ -129,3 +129,28 @@ def test_a_tight_figure_is_drawn_once_to_measure_and_once_to_render(tmp_path):
     save(figure, tmp_path / "tight.png")
     assert len(draws) == 1  # the rendering; tight_layout's measuring pass emits no draw event
     assert read_png(tmp_path / "tight.png").shape[:2] == (528, 704)  # 6.4 x 4.8 inches at 110 dpi
+
+
+def test_the_explanations_mosaic_puts_each_map_beside_its_image():
+    """Per row: the image min-max scaled; |attributions| summed over channels in `hot`; Grad-CAM in `jet` at half
+    opacity over the image — what a grid of axes showed, as one picture (viz/explanations.py)."""
+    from matplotlib import colormaps
+
+    from pipeline.viz.explanations import mosaic
+
+    images = torch.rand(2, 3, 6, 5)
+    saliency, cam = torch.randn(2, 3, 6, 5), torch.rand(2, 1, 6, 5)
+    picture, tops, lefts = mosaic(images, {"saliency": saliency, "grad_cam": cam}, gap=2, band=3, header=4)
+    assert picture.shape == (4 + 6 + 3 + 6, 3 * 5 + 2 * 2, 3) and tops == [4, 13] and lefts == [0, 7, 14]
+
+    def scaled(values):
+        return (values - values.min()) / (values.max() - values.min())
+
+    row, top = 1, 13
+    image = scaled(images[row]).permute(1, 2, 0)
+    heat = torch.from_numpy(colormaps["hot"](scaled(saliency[row].abs().sum(0)).numpy())[..., :3]).float()
+    jet = torch.from_numpy(colormaps["jet"](scaled(cam[row, 0]).numpy())[..., :3]).float()
+    torch.testing.assert_close(picture[top : top + 6, 0:5], image, atol=1e-6, rtol=0)
+    torch.testing.assert_close(picture[top : top + 6, 7:12], heat, atol=1e-6, rtol=0)
+    torch.testing.assert_close(picture[top : top + 6, 14:19], 0.5 * jet + 0.5 * image, atol=1e-6, rtol=0)
+    assert (picture[:4] == 1).all() and (picture[10:13] == 1).all() and (picture[:, 5:7] == 1).all()  # white bands

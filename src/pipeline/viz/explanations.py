@@ -1,6 +1,7 @@
 """One figure of what a classifier looks at: per chosen test image, the image, then each attribution method's map
 (saliency and integrated gradients as absolute values summed over channels, Grad-CAM over the image), titled with
 each method's checks: its deletion drop beyond random masking and its rank correlation with a re-initialised model."""
+import math
 from pathlib import Path
 
 import torch
@@ -12,42 +13,70 @@ TITLES = {"saliency": "saliency |grad|", "integrated_gradients": "integrated gra
           "grad_cam": "Grad-CAM (last conv)"}
 
 
-def _display(image: torch.Tensor):
-    """(C, H, W) min-max scaled to [0, 1]: grey for one channel, colour for three."""
+def _display(image: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) min-max scaled to [0, 1], as RGB (H, W, 3): grey for one channel, colour for three."""
     image = image.detach().float()
     image = (image - image.min()) / (image.max() - image.min() + 1e-8)
-    return (image.permute(1, 2, 0).numpy(), None) if image.shape[0] == 3 else (image.mean(0).numpy(), "gray")
+    return image.permute(1, 2, 0) if image.shape[0] == 3 else image.mean(0)[..., None].expand(-1, -1, 3)
+
+
+def _coloured(values: torch.Tensor, colormap: str) -> torch.Tensor:
+    """(H, W) through a matplotlib colormap, scaled to its own range as imshow scales it: (H, W, 3)."""
+    from matplotlib import colormaps
+
+    values = (values - values.min()) / (values.max() - values.min() + 1e-12)
+    return torch.from_numpy(colormaps[colormap](values.numpy())[..., :3]).float()
+
+
+def _panel(picture: torch.Tensor, method: str, attributions: torch.Tensor) -> torch.Tensor:
+    """A method's map (H, W, 3): |attribution| in `hot`, Grad-CAM in `jet` at half opacity over the image."""
+    heat = pixel_importance(attributions[None])[0]
+    if method == "grad_cam":
+        return 0.5 * _coloured(heat, "jet") + 0.5 * picture
+    return _coloured(heat, "hot")
+
+
+def mosaic(images: torch.Tensor, maps: dict[str, torch.Tensor], gap: int, band: int, header: int):
+    """Per image a row: the image, then each method's map; `gap` pixels between columns, `band` above each row (its
+    title) and `header` above the first (the methods' titles). (mosaic (H, W, 3), each row's top, each column's left)."""
+    height, width = images.shape[-2:]
+    tops = [header + row * (height + band) for row in range(len(images))]
+    lefts = [column * (width + gap) for column in range(1 + len(maps))]
+    picture = torch.ones(tops[-1] + height, lefts[-1] + width, 3)
+    for row, image in enumerate(images):
+        shown = _display(image)
+        panels = [shown] + [_panel(shown, method, attributions[row]) for method, attributions in maps.items()]
+        for left, panel in zip(lefts, panels):
+            picture[tops[row] : tops[row] + height, left : left + width] = panel
+    return picture, tops, lefts
 
 
 def plot_explanations(images: torch.Tensor, labels, predictions, maps: dict[str, torch.Tensor],
                       class_names: list[str], results: dict, path: Path, dpi: int = 110) -> Path:
-    """`maps`: per method, attributions shaped like `images` (Grad-CAM's with one channel)."""
+    """`maps`: per method, attributions shaped like `images` (Grad-CAM's with one channel). Drawn as one mosaic
+    image on one axis, with the titles in white bands of it: an axis per panel cost 2x more to lay out and render."""
     plt = pyplot()
-    columns = 1 + len(maps)
-    figure, axes = plt.subplots(len(images), columns, figsize=(2.1 * columns, 2.1 * len(images) + 0.6),
-                                squeeze=False)
-    for row, image in enumerate(images):
-        picture, cmap = _display(image)
-        axes[row, 0].imshow(picture, cmap=cmap)
-        axes[row, 0].set_title(f"{class_names[int(labels[row])]} -> {class_names[int(predictions[row])]}",
-                               fontsize=8)
-        for column, (method, attributions) in enumerate(maps.items(), start=1):
-            heat = pixel_importance(attributions[row : row + 1])[0].numpy()
-            axis = axes[row, column]
-            if method == "grad_cam":
-                axis.imshow(picture, cmap=cmap)
-                axis.imshow(heat, cmap="jet", alpha=0.5)
-            else:
-                axis.imshow(heat, cmap="hot")
-            if row == 0:
-                drop, rho = results.get(f"deletion_drop_{method}"), results.get(f"sanity_spearman_{method}")
-                checks = "" if drop is None else f"\ndeletion drop {drop:+.2f}\nre-init rho {rho:.2f}"
-                axis.set_title(TITLES[method] + checks, fontsize=8)
-    for axis in axes.flat:
-        axis.axis("off")
+    height, width = images.shape[-2:]
+    per_inch = height / 2.0  # each panel ~2 inches high, as a grid of axes drew it
+    gap = max(1, round(0.1 * per_inch))
+    picture, tops, lefts = mosaic(images, maps, gap, band=math.ceil(0.2 * per_inch), header=math.ceil(0.5 * per_inch))
+    title_room = 0.3  # inches, for the figure's title
+    size = (picture.shape[1] / per_inch, picture.shape[0] / per_inch + title_room)
+    figure, axis = plt.subplots(figsize=size)
+    axis.imshow(picture.numpy(), interpolation="nearest")
+    for row, top in enumerate(tops):
+        axis.text(width / 2, top - gap / 2, f"{class_names[int(labels[row])]} -> {class_names[int(predictions[row])]}",
+                  ha="center", va="bottom", fontsize=8)
+    for left, method in zip(lefts[1:], maps):
+        drop, rho = results.get(f"deletion_drop_{method}"), results.get(f"sanity_spearman_{method}")
+        checks = "" if drop is None else f"\ndeletion drop {drop:+.2f}\nre-init rho {rho:.2f}"
+        axis.text(left + width / 2, tops[0] - gap / 2, TITLES[method] + checks, ha="center", va="bottom", fontsize=8)
+    axis.axis("off")
+    figure.subplots_adjust(left=0, right=1, bottom=0, top=1 - title_room / size[1])
     note = f"; {results['grad_cam']}" if isinstance(results.get("grad_cam"), str) else ""
-    figure.suptitle(f"true -> predicted; maps for the predicted class{note}", fontsize=8)
-    return save(figure, path, dpi)
+    figure.suptitle(f"true -> predicted; maps for the predicted class{note}", fontsize=8, y=1 - 0.05 / size[1],
+                    va="top")
+    return save(figure, path, dpi, tight=False)
 
 
 def test_split(datamodule) -> tuple[torch.Tensor, torch.Tensor]:
