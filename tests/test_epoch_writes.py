@@ -92,15 +92,16 @@ def test_a_held_write_the_store_already_has_is_not_recorded_twice(compose_config
 
 
 class HoldTheStore(pl.Callback):
-    """At the second epoch's start (the first epoch's metrics just sent), locks the SQLite store for `seconds`:
-    the tracking process's write waits that long. Notes when that epoch's checkpoint is saved."""
+    """Locks the SQLite store for `seconds` from the first epoch's end, before its metrics are sent (at the second
+    epoch's start): the tracking process's write of them waits that long. Notes when the second epoch's checkpoint is
+    saved."""
 
     def __init__(self, database, seconds: float):
         self.database, self.seconds = database, seconds
         self.released_at = self.saved_at = None
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch != 1:
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch != 0:
             return
         lock = sqlite3.connect(self.database, check_same_thread=False, isolation_level=None)
         lock.execute("BEGIN EXCLUSIVE")
