@@ -7,6 +7,10 @@ against the same four runs as separate `python run.py` commands, all in this one
 Prints each command's wall time and two ratios. Targets (issue 15): sweep / sum of its runs ≤ 1.1 (a sweep may cost
 no more than its runs one by one: it pays start-up once, and its parent run and report little); sequential sweep /
 joblib sweep ≥ 1.6 on 2 cores (the launcher gives each of its n_jobs processes cores / n_jobs torch threads).
+
+Also the most any 2-worker launcher could give these jobs: a sequential sweep of half the jobs measures what a job
+costs inside a sweep (J = the difference / the jobs left out) and so what the sweep pays once (start-up, parent run,
+summary: T - n J); perfect workers, two jobs at a time at full speed, would take T - n J / 2.
 """
 import argparse
 import os
@@ -47,11 +51,18 @@ def main() -> None:
         swept = ["-m", *common, f"optimizer.lr={','.join(rates)}"]
         sequential = timed(swept, folder, "sweep")
         parallel = timed([*swept, "hydra/launcher=joblib"], folder, "joblib")
+        half = rates[: len(rates) // 2]
+        shorter = timed(["-m", *common, f"optimizer.lr={','.join(half)}"], folder, "half")
     total = sum(runs)
+    job = (sequential - shorter) / (len(rates) - len(half))
+    ideal = sequential - len(rates) * job / 2
     print(f"runs one by one: {' + '.join(f'{seconds:.1f}' for seconds in runs)} = {total:.1f} s")
     print(f"sweep (basic launcher): {sequential:.1f} s; sweep / sum of runs {sequential / total:.2f} (target ≤ 1.1)")
     print(f"sweep (joblib launcher): {parallel:.1f} s; sequential / joblib {sequential / parallel:.2f} "
           f"(target ≥ 1.6 on 2 cores)")
+    print(f"a job inside the sweep {job:.1f} s (sweep of {len(half)}: {shorter:.1f} s), paid once "
+          f"{sequential - len(rates) * job:.1f} s: perfect 2 workers {ideal:.1f} s, sequential / that "
+          f"{sequential / ideal:.2f}")
 
 
 if __name__ == "__main__":
