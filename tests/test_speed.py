@@ -155,6 +155,16 @@ def test_the_overhead_benchmark_prints_the_breakdown():
         assert phase in result.stdout
 
 
+def test_the_sweeps_benchmark_prints_its_ratios_and_the_ideal():
+    """benchmarks/sweeps.py in its quick mode (2 jobs of 2 epochs), as the README's command would run it."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sweeps.py"), "--quick"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for line in ("runs one by one:", "sweep / sum of runs", "sequential / joblib", "a job inside the sweep",
+                 "perfect 2 workers"):
+        assert line in result.stdout, result.stdout
+
+
 @pytest.mark.parametrize("flags, native", [("fpu avx2 avx512f avx512bw", False), ("fpu avx512f avx512_bf16", True),
                                             ("fpu amx_bf16 amx_tile", True)])
 def test_native_bf16_is_read_from_the_cpus_flags(tmp_path, flags, native):
