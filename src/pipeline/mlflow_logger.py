@@ -87,55 +87,45 @@ class MLFlowLogger(Logger):
     def finalize(self, status: str) -> None:
         """The end of a fit or test (Lightning calls it on success, failure and Ctrl-C): nothing stays held, all is
         written. After a failure, a write that fails too is only reported: the failure is the error to show."""
-        if status == "success":
-            self.flush()
-            self.written()
-            return
         try:
             self.flush()
             self.written()
         except Exception as also:
+            if status == "success":
+                raise
             log.warning("the last metrics of MLflow run %s could not be written: %s", self.run_id, also)
 
 
 class EpochWrites(Callback):
-    """When an MLFlowLogger writes: each epoch's metrics at the next epoch's start, and at the end of training,
-    validation or test; every checkpoint waits until what was sent before it is written. A checkpoint keeps what is
-    held when it is saved (that epoch's validation metrics); a fit resumed from it writes them first, so a run killed
-    before the write still records them (MLflow skips them if the write happened after all: the same key, step,
-    timestamp and value)."""
+    """When an MLFlowLogger writes: each epoch's metrics at the next epoch's start (the last epoch's, and a test's or
+    validation's, when Lightning finalizes the logger at the end of each); every checkpoint waits until what was sent
+    before it is written. A checkpoint keeps what is held when it is saved (that epoch's validation metrics); a fit
+    resumed from it writes them first, so a run killed before the write still records them (MLflow skips them if the
+    write happened after all: the same key, step, timestamp and value)."""
 
     def __init__(self, logger: MLFlowLogger):
         self.logger = logger
         self.restored: dict | None = None  # held when the checkpoint a fit resumes from was saved
 
     def on_train_start(self, trainer, pl_module) -> None:
-        restored, self.restored = self.restored, None
-        if restored:
-            self.logger.held = restored
+        if self.restored:
+            self.logger.held, self.restored = self.restored, None
             self.logger.flush()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.logger.flush()
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self.logger.flush()
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.state.fn != "fit":  # within a fit, training's metrics of the epoch are still to come
-            self.logger.flush()
-
-    def on_test_end(self, trainer, pl_module) -> None:
         self.logger.flush()
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         self.logger.written()
 
     def state_dict(self) -> dict:
-        held = self.logger.held
-        return {"held": {**held, "metrics": dict(held["metrics"])} if held else None}
+        return {"held": copy_of(self.logger.held)}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Also when a test loads the best checkpoint: only a fit's start writes what it held."""
-        held = state_dict.get("held")
-        self.restored = {**held, "metrics": dict(held["metrics"])} if held else None
+        self.restored = copy_of(state_dict.get("held"))
+
+
+def copy_of(held: dict | None) -> dict | None:
+    """Held metrics not shared with the logger, which goes on adding to its own."""
+    return {**held, "metrics": dict(held["metrics"])} if held else None
