@@ -16,7 +16,7 @@ from pipeline.models.mlp import MLP
 from pipeline.search.oneshot import (SuperMLP, check, inherited_accuracy, kendall_tau, sample_candidates,
                                      train_supernet)
 from pipeline.search.space import parse_space
-from pipeline.search.sweep_parent_run import children_of
+from pipeline.search.parent_records import children_of
 
 SPACE = parse_space({}, {"model.hidden": {"item": "choice(16, 32, 64, 128, 256)", "min_length": 1, "max_length": 4}})
 

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from conftest import ROOT, all_runs
 from pipeline import tracking
-from pipeline.search.sweep_parent_run import children_of
+from pipeline.search.parent_records import children_of
 
 # A tiny evolution over MLPs on the digits: 2 epochs per candidate, a population of 3.
 TINY = ["search=nas_mlp", "hydra.sweeper.budget.epochs=2", "hydra.sweeper.evolution.population_size=3",

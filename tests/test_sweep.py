@@ -1,8 +1,14 @@
 """`python run.py -m ...`: one MLflow parent run per sweep, one child per job, a summary on the parent."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import mlflow
 import pytest
 
-from conftest import all_runs, run_python
+from conftest import ROOT, all_runs, run_py_reporting_at_exit, run_python
 
 SWEEP = ["-m", "optimizer=sgd,adam", "regularization=none,dropout", "trainer.max_epochs=2"]
 
@@ -199,7 +205,7 @@ def test_a_stopped_sweep_ends_a_child_whose_own_process_tags_it_at_the_same_mome
     from mlflow.exceptions import MlflowException
 
     from pipeline import liveness
-    from pipeline.search.sweep_parent_run import end_running_children
+    from pipeline.search.parent_records import end_running_children
 
     client, _ = all_runs(tracking_uri)
     experiment = client.create_experiment("race")
@@ -220,3 +226,45 @@ def test_a_stopped_sweep_ends_a_child_whose_own_process_tags_it_at_the_same_mome
     ended = client.get_run(child)
     assert ended.info.status == "KILLED"
     assert ended.data.tags[liveness.ERROR] == "stopped (Ctrl-C or SIGTERM)"
+
+
+def test_a_sequential_sweep_leaves_mlflow_to_its_tracking_process(tmp_path, tracking_uri):
+    """The parent run's records are the tracking process's (sweep_parent_run.py): the sweeping process, which runs
+    the jobs, never imports MLflow, so its job checks import torch without waiting for it."""
+    (imported,) = run_py_reporting_at_exit(tmp_path, "'mlflow' in sys.modules", "-m", "optimizer.lr=0.001,0.002",
+                                           "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}/sweep")
+    assert imported == "False"
+    _, runs = all_runs(tracking_uri)
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/children"] == 2
+    assert {run.data.tags.get("mlflow.parentRunId") for run in runs if run is not parent} == {parent.info.run_id}
+
+
+def test_a_sweep_killed_without_a_word_is_ended_killed_by_its_tracking_process(tmp_path, tracking_uri):
+    """kill -9 (or the OOM killer) of the sweeping process alone: its tracking process outlives it and ends the
+    running child and the parent KILLED, saying so, with the parent's summary; nothing is left RUNNING."""
+    from pipeline import liveness
+
+    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "-m", "optimizer.lr=0.001,0.002",
+                                "trainer.max_epochs=10000", f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while len(all_runs(tracking_uri)[1]) < 2:  # the parent and the first child, training
+            assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
+            time.sleep(0.2)
+        process.kill()
+        process.wait()
+        while any(run.info.status == "RUNNING" for run in all_runs(tracking_uri)[1]):
+            assert time.time() < deadline + 60, "runs left RUNNING after the sweep was killed"
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # what is left of the group
+    client, runs = all_runs(tracking_uri)
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    (child,) = [run for run in runs if run is not parent]
+    assert parent.info.status == "KILLED" and child.info.status == "KILLED"
+    assert parent.data.tags[liveness.ERROR].startswith(f"killed: its process (pid {process.pid}) ended without a word")
+    assert "ended without a word" in child.data.tags[liveness.ERROR]
+    assert parent.data.metrics["sweep/children"] == 1
+    assert "sweep/summary.md" in [artifact.path for artifact in client.list_artifacts(parent.info.run_id, "sweep")]

@@ -23,7 +23,7 @@ def sweep_parent(client, run_id: str) -> str:
     """The run id, checked to be a sweep's parent."""
     from mlflow.exceptions import MlflowException
 
-    from pipeline.search.sweep_parent_run import children_of
+    from pipeline.search.parent_records import children_of
 
     try:
         run = client.get_run(run_id)

@@ -22,7 +22,8 @@ log = logging.getLogger("pipeline.tracking")
 
 
 class Worker:
-    """One open store and at most one active run (the trainer's jobs run one after another)."""
+    """One open store, at most one active run (the trainer's jobs run one after another), and the parent run of the
+    sweep the trainer runs, if it runs one (its records: search/parent_records.py)."""
 
     def __init__(self, trainer_pid: int, preload: bool = True):
         self.trainer_pid, self.preload = trainer_pid, preload
@@ -30,6 +31,7 @@ class Worker:
         self.heartbeat: liveness.Heartbeat | None = None
         self.failed: BaseException | None = None  # the first error of a command nobody waited for
         self.preloading: threading.Thread | None = None
+        self.sweep: liveness.Heartbeat | None = None  # the open sweep parent's heartbeat (its run_id)
 
     # --- commands ---------------------------------------------------------------------------------------------
     def open(self, tracking_uri: str) -> None:
@@ -64,6 +66,30 @@ class Worker:
     def started(self, run) -> str:
         self.heartbeat = liveness.Heartbeat(self.client, run.info.run_id).__enter__()
         return run.info.run_id
+
+    def open_sweep(self, tracking_uri: str, *args) -> str:
+        """A sweep's parent run (parent_records.open_parent's arguments after the client), beating until closed."""
+        from pipeline.search import parent_records
+
+        self.open(tracking_uri)
+        run_id = parent_records.open_parent(self.client, tracking_uri, *args)
+        self.sweep = liveness.Heartbeat(self.client, run_id).__enter__()
+        threading.Thread(target=parent_records.prepare_summary, name="summary imports", daemon=True).start()
+        return run_id
+
+    def close_sweep(self, failures: list, status: str | None = None, reason: str | None = None) -> str:
+        """Summarise and end the sweep's parent run (parent_records.close_parent); returns the summary."""
+        from pipeline.search import parent_records
+
+        heartbeat, self.sweep = self.sweep, None
+        heartbeat.__exit__()
+        return parent_records.close_parent(self.client, heartbeat.run_id, failures, status, reason)
+
+    def on_sweep(self, action: str, *args):
+        """Another record of the sweep's (parent_records.`action`, given the client first)."""
+        from pipeline.search import parent_records
+
+        return getattr(parent_records, action)(self.client, *args)
 
     def log_params(self, params: dict[str, str]) -> None:
         import mlflow
@@ -130,17 +156,19 @@ class Worker:
     # --- the trainer is gone ------------------------------------------------------------------------------
     def trainer_gone(self) -> None:
         """The pipe closed: if a run is still open, its trainer died without ending it; unless another process
-        has taken the run on meanwhile (resume=auto soon after a kill -9: this process was still writing)."""
+        has taken the run on meanwhile (resume=auto soon after a kill -9: this process was still writing). A sweep
+        still open ends KILLED with its summary."""
         import mlflow
 
-        if mlflow.active_run() is None:
-            return
-        run = self.client.get_run(self.run_id())
-        if run.info.status != "RUNNING" or run.data.tags.get(liveness.PID) != str(self.trainer_pid):
-            return
-        mlflow.set_tag(liveness.ERROR, f"its process (pid {self.trainer_pid}) ended without a word (killed or out "
-                                       "of memory); marked KILLED by its tracking process")
-        self.end_run("KILLED")
+        died = (f"its process (pid {self.trainer_pid}) ended without a word (killed or out of memory); marked KILLED "
+                "by its tracking process")
+        if mlflow.active_run() is not None:
+            run = self.client.get_run(self.run_id())
+            if run.info.status == "RUNNING" and run.data.tags.get(liveness.PID) == str(self.trainer_pid):
+                mlflow.set_tag(liveness.ERROR, died)
+                self.end_run("KILLED")
+        if self.sweep is not None:  # its children's tags say: its sweep was killed: ...
+            self.close_sweep([], "KILLED", f"killed: {died}")
 
     def unreadable(self, error: Exception) -> None:
         """A command arrived whole but could not be rebuilt here (say, an object of a class this process cannot

@@ -33,7 +33,7 @@ def newest_runs(client, run_id: str | None):
     from mlflow.exceptions import MlflowException
 
     from pipeline.report import latest_sweep
-    from pipeline.search.sweep_parent_run import children_of
+    from pipeline.search.parent_records import children_of
 
     if run_id is None:
         try:

@@ -94,7 +94,6 @@ def sample_candidates(space, n: int, rng: random.Random) -> list[dict]:
 
 def oneshot_search(sweeper, space, fixed, base, study, parent, objectives) -> None:
     """Train the supernet, rank the candidates, run the top_k and tau_sample of them as trials, log tau."""
-    from pipeline import tracking
     from pipeline.train import build_data
 
     options = sweeper.oneshot  # check()ed, defaults filled in, by the sweeper before the study was opened
@@ -123,12 +122,8 @@ def oneshot_search(sweeper, space, fixed, base, study, parent, objectives) -> No
     print(f"one-shot: Kendall tau {tau:.3f} between inherited accuracy and {metric} over {len(pairs)} architectures "
           f"trained from scratch (supernet: {options['supernet_epochs']} epochs, {seconds:.1f} s; "
           f"{len(ranked)} candidates ranked)")
-    if parent.run_id:
-        client = tracking.client(parent.tracking_uri)
-        if math.isfinite(tau):
-            client.log_metric(parent.run_id, "oneshot/kendall_tau", tau)
-        client.log_metric(parent.run_id, "oneshot/supernet_seconds", seconds)
-        client.log_text(parent.run_id, ranking_csv(ranked, trained, metric), "oneshot/ranking.csv")
+    parent.record({"oneshot/kendall_tau": tau, "oneshot/supernet_seconds": seconds},
+                  {"oneshot/ranking.csv": ranking_csv(ranked, trained, metric)})
 
 
 def launch(sweeper, study, scored, fixed, space, objectives, parent) -> None:

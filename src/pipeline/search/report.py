@@ -46,7 +46,7 @@ class Report:
 
 def collect(client, parent_run_id: str) -> Report:
     """Read a sweep's parent and children from MLflow (a parent without children gives a report without trials)."""
-    from pipeline.search.sweep_parent_run import children_of
+    from pipeline.search.parent_records import children_of
 
     parent = client.get_run(parent_run_id)
     tags = parent.data.tags

@@ -87,9 +87,11 @@ class SearchSweeper(Sweeper):
 
     # --- the loop -------------------------------------------------------------------------------------------
     def sweep(self, arguments: list[str]):
+        from pipeline.search.sweep_parent_run import open_store
+
+        open_store(self.config)  # MLflow imports in the tracking process while Optuna imports here
         import optuna
 
-        from pipeline import tracking
         from pipeline.search import study as studies
         from pipeline.search.space import distributions, parse_space
         from pipeline.search.strategies import make_sampler
@@ -132,9 +134,8 @@ class SearchSweeper(Sweeper):
                 sweep_parent_run(self.config, study.user_attrs.get(PARENT_ATTR), tags=tags) as parent:
             if parent.run_id and PARENT_ATTR not in study.user_attrs:
                 study.set_user_attr(PARENT_ATTR, parent.run_id)
-                tracking.client(base.logger.tracking_uri).log_text(
-                    parent.run_id, OmegaConf.to_yaml(OmegaConf.create({"params": {**self.params, **swept},
-                                                                       "lists": self.lists})), "search/space.yaml")
+                parent.record(texts={"search/space.yaml": OmegaConf.to_yaml(OmegaConf.create(
+                    {"params": {**self.params, **swept}, "lists": self.lists}))})
             if self.strategy == "oneshot":
                 from pipeline.search.oneshot import oneshot_search
 
@@ -187,7 +188,7 @@ class SearchSweeper(Sweeper):
             values = [metrics.get(metric, math.nan) for metric, _ in objectives]
             if all(isinstance(value, (int, float)) and math.isfinite(value) for value in values):
                 study.tell(trial, values)
-                mark_child(parent, trial, "COMPLETE")
+                parent.mark_child(trial.number, "COMPLETE")
                 return
             missing = [metric for (metric, _), value in zip(objectives, values) if not math.isfinite(value)]
             self.fail(study, trial, f"objective {', '.join(missing)} is missing or not finite", parent, job)
@@ -195,7 +196,7 @@ class SearchSweeper(Sweeper):
         error = result._return_value
         if getattr(error, "pruned", False):
             study.tell(trial, state=TrialState.PRUNED)
-            mark_child(parent, trial, "PRUNED")
+            parent.mark_child(trial.number, "PRUNED")
             return
         from pipeline.cli import one_line
 
@@ -208,8 +209,8 @@ class SearchSweeper(Sweeper):
 
         study.set_user_attr(f"fail_reason_{trial.number}", reason[:500])
         study.tell(trial, state=TrialState.FAIL)
-        parent.failures.append((job, RuntimeError(reason)))
-        mark_child(parent, trial, "FAIL", reason, searched=from_params(trial.params, self.space))
+        parent.failures.append((job, reason))
+        parent.mark_child(trial.number, "FAIL", reason, from_params(trial.params, self.space))
         print(f"trial {trial.number} failed: {reason}", file=sys.stderr)
 
     def check_failure_rate(self, study) -> None:
@@ -243,30 +244,6 @@ def exhausted(study) -> bool:
     """A grid search ends when every point was run, whatever n_trials says."""
     check = getattr(study.sampler, "is_exhausted", None)
     return bool(check and check(study))
-
-
-def mark_child(parent, trial, state: str, reason: str | None = None, searched: dict | None = None) -> None:
-    """Tag the trial's MLflow run with the study's verdict (search.state); a trial refused before it ran gets a
-    FAILED run of its own, with its values of the searched keys (`searched`), so every trial is in MLflow."""
-    if parent.run_id is None:
-        return
-    import json
-
-    from pipeline import liveness, tracking
-    from pipeline.search.sweep_parent_run import children_of
-
-    client = tracking.client(parent.tracking_uri)
-    child = next((run for run in children_of(client, parent.run_id)
-                  if run.data.tags.get("search.trial") == str(trial.number)), None)
-    if child is None:
-        experiment = client.get_run(parent.run_id).info.experiment_id
-        child = client.create_run(experiment, run_name=f"trial {trial.number} (refused)", tags={
-            "mlflow.parentRunId": parent.run_id, "search.trial": str(trial.number),
-            "search.params": json.dumps(searched or {}), liveness.ERROR: reason or ""})
-        client.set_terminated(child.info.run_id, "FAILED")
-    client.set_tag(child.info.run_id, "search.state", state)
-    if reason and child.info.status != "FAILED" and state == "FAIL":  # finished, but its objective was not finite
-        client.set_tag(child.info.run_id, liveness.ERROR, reason)
 
 
 def json_list(values) -> str:

@@ -42,6 +42,7 @@ class SafeGridSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
+        from pipeline.cli import one_line
         from pipeline.search.sweep_parent_run import sweep_parent_run
 
         results = []
@@ -49,7 +50,7 @@ class SafeGridSweeper(BasicSweeper):
             for batch in batches:
                 results += self.launcher.launch(batch, initial_job_idx=len(results))
             # _return_value: the property would raise a failed job's error; it is reported instead
-            parent.failures = [(result.overrides, result._return_value) for result in results
+            parent.failures = [(list(result.overrides), one_line(result._return_value)) for result in results
                                if result.status.name == "FAILED"]
         self.report(results, parent.failures)
         return [results]
@@ -59,7 +60,11 @@ class SafeGridSweeper(BasicSweeper):
         workers when it is the launcher: job_checks.py); nothing has started yet."""
         from pipeline.cli import describe
         from pipeline.search.job_checks import problems
+        from pipeline.search.sweep_parent_run import open_store
 
+        # First: the tracking process imports MLflow while the jobs are composed and checked here (or, under the
+        # joblib launcher, while its workers wait for the process they are forked from to import torch).
+        open_store(self.config)
         refused, composed = {}, {}
         for number, job in enumerate(jobs):
             try:
@@ -72,9 +77,6 @@ class SafeGridSweeper(BasicSweeper):
             with open_dict(cfg):
                 del cfg["hydra"]
             composed[number] = cfg
-        # Before the checks: under the joblib launcher their workers wait for the process they are forked from to
-        # import torch and Lightning (launcher_workers.fork_from_warm_process), and MLflow imports here meanwhile.
-        self.open_store()
         refused.update(zip(composed, problems(list(composed.values()), self.launcher)))
         bad = [f"sweep job {number} ({job_name(jobs[number])}): {refused[number]}"
                for number in sorted(refused) if refused[number]]
@@ -82,23 +84,10 @@ class SafeGridSweeper(BasicSweeper):
             more = f" (and {len(bad) - 1} more job(s))" if len(bad) > 1 else ""
             raise ConfigError(f"{bad[0]}{more}; nothing was run")
 
-    def open_store(self) -> None:
-        """Import MLflow and make its store ready (store.py) before the sweep's parent run needs them. When the jobs
-        run in this process, their tracking process (remote_tracking.py) starts now too, and imports MLflow on
-        another core meanwhile."""
-        from pipeline import remote_tracking, tracking
-
-        if tracking.uses_mlflow(self.config):
-            if type(self.launcher).__name__ == "BasicLauncher":
-                remote_tracking.open_store(self.config.logger.tracking_uri)
-            tracking.client(self.config.logger.tracking_uri)
-
     @staticmethod
     def report(results, failures) -> None:
         """One line per failed job; an error when none finished."""
-        from pipeline.cli import one_line
-
         for overrides, error in failures:
-            print(f"failed: {job_name(overrides)}: {one_line(error)}", file=sys.stderr)
+            print(f"failed: {job_name(overrides)}: {error}", file=sys.stderr)
         if failures and len(failures) == len(results):
             raise SweepFailed(f"all {len(results)} jobs of the sweep failed (their errors are above and in MLflow)")
