@@ -225,8 +225,21 @@ def preload() -> None:
             del sys.modules["pytorch_lightning"]
     import torch._dynamo  # noqa: F401
     import torch.export  # noqa: F401
+    import torch.export._trace  # noqa: F401  (torch.export.export imports it on its first call: ~0.6 s)
 
     torch.set_num_threads(1)
+    map_installed_packages()
+
+
+def map_installed_packages() -> None:
+    """Saving a model, MLflow checks its requirements against the installed packages, and first maps every installed
+    distribution to its modules (~0.26 s, once per process): mapped here, ahead. The function is MLflow's private
+    one (it has no public way to do it ahead); if it is gone, the save maps them as before."""
+    try:
+        from mlflow.utils.requirements_utils import _init_packages_to_modules_map
+    except ImportError:
+        return
+    _init_packages_to_modules_map()
 
 
 def preload_then_collect() -> None:
