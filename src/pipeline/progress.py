@@ -15,7 +15,7 @@ class ProgressBar(RichProgressBar):
     def __init__(self, interval: float = 0.25, **kwargs):
         super().__init__(**kwargs)
         self.interval = interval
-        self._shown = 0.0
+        self._shown = float("-inf")  # the first update is due whatever the clock reads (monotonic: from boot)
 
     def _due(self, batch_idx: int, total) -> bool:
         now = time.monotonic()
