@@ -6,8 +6,9 @@ and the GIL serialise them). In a second process they run on another core while 
 the export while the trainer draws the plots. Every record is waited for (a run killed at any point has in the store
 what its checkpoints have) except the model and its description, which the run's end waits for, and the epoch
 metrics, which the next checkpoint waits for (mlflow_logger.EpochWrites): a run that ends FINISHED has all its records
-written. A job of a parallel sweep (joblib, n_jobs > 1) runs the same commands in its own process instead: every
-core already has a job, and a second process would only add its imports.
+written. A sweep run in this process writes its parent run through the same worker (search/sweep_parent_run.py).
+A job of a parallel sweep (joblib, n_jobs > 1) runs the same commands in its own process instead: every core already
+has a job, and a second process would only add its imports.
 """
 import atexit
 import logging
