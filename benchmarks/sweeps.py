@@ -10,10 +10,13 @@ joblib sweep ≥ 1.6 on 2 cores (the launcher gives each of its n_jobs processes
 
 Also the most any 2-worker launcher could give these jobs: a sequential sweep of half the jobs measures what a job
 costs inside a sweep (J = the difference / the jobs left out) and so what the sweep pays once (start-up, parent run,
-summary: T - n J); perfect workers, two jobs at a time at full speed, would take T - n J / 2.
+summary: T - n J); perfect workers, two jobs at a time at full speed, would take T - n J / 2. That assumes a
+sequential job keeps one core busy; its tracking process keeps the other one partly busy too, so the sequential
+sweep's CPU time (its processes', as the OS counts them) divided by the cores is the tighter bound for any launcher.
 """
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -35,6 +38,13 @@ def timed(arguments: list[str], folder: Path, name: str) -> float:
     return time.time() - start
 
 
+def children_cpu() -> float:
+    """CPU seconds of every finished process this one started and the ones they waited for (a run's tracking
+    process; not the joblib launcher's workers, which are killed without being waited for)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 jobs of 2 epochs")
@@ -49,7 +59,9 @@ def main() -> None:
         timed([*common, "trainer.max_epochs=1"], folder, "first")  # creates the MLflow store, as a first run did
         runs = [timed([*common, f"optimizer.lr={rate}"], folder, f"run-{rate}") for rate in rates]
         swept = ["-m", *common, f"optimizer.lr={','.join(rates)}"]
+        cpu_before = children_cpu()
         sequential = timed(swept, folder, "sweep")
+        cpu = children_cpu() - cpu_before
         parallel = timed([*swept, "hydra/launcher=joblib"], folder, "joblib")
         half = rates[: len(rates) // 2]
         shorter = timed(["-m", *common, f"optimizer.lr={','.join(half)}"], folder, "half")
@@ -63,6 +75,9 @@ def main() -> None:
     print(f"a job inside the sweep {job:.1f} s (sweep of {len(half)}: {shorter:.1f} s), paid once "
           f"{sequential - len(rates) * job:.1f} s: perfect 2 workers {ideal:.1f} s, sequential / that "
           f"{sequential / ideal:.2f}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    print(f"the sequential sweep used {cpu:.1f} s of CPU ({cpu / sequential:.2f} cores busy on average): on {cores} "
+          f"cores that work takes at least {cpu / cores:.1f} s, sequential / that at most {sequential * cores / cpu:.2f}")
 
 
 if __name__ == "__main__":
