@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.cores import cores
+
 ROOT = Path(__file__).resolve().parents[1]
 RATES = ["0.001", "0.002", "0.003", "0.004"]
 
@@ -75,9 +77,10 @@ def main() -> None:
     print(f"a job inside the sweep {job:.1f} s (sweep of {len(half)}: {shorter:.1f} s), paid once "
           f"{sequential - len(rates) * job:.1f} s: perfect 2 workers {ideal:.1f} s, sequential / that "
           f"{sequential / ideal:.2f}")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    print(f"the sequential sweep used {cpu:.1f} s of CPU ({cpu / sequential:.2f} cores busy on average): on {cores} "
-          f"cores that work takes at least {cpu / cores:.1f} s, sequential / that at most {sequential * cores / cpu:.2f}")
+    usable = cores()
+    print(f"the sequential sweep used {cpu:.1f} s of CPU ({cpu / sequential:.2f} cores busy on average): on {usable} "
+          f"cores that work takes at least {cpu / usable:.1f} s, sequential / that at most "
+          f"{sequential * usable / cpu:.2f}")
 
 
 if __name__ == "__main__":

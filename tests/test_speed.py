@@ -2,7 +2,6 @@
 logged once per epoch, a progress bar redrawn by the clock, the test run's predictions reused by the plots, the
 cores shared out among a parallel sweep's jobs, and the run's own clock (PIPELINE_TIMINGS)."""
 import json
-import os
 import subprocess
 import sys
 
@@ -165,7 +164,7 @@ def test_the_sweeps_benchmark_prints_its_ratios_and_the_ideal():
                  "perfect 2 workers", "cores busy on average", "sequential / that at most"):
         assert line in result.stdout, result.stdout
     cores_busy = float(result.stdout.split("s of CPU (")[1].split()[0])
-    assert 0.5 < cores_busy <= len(os.sched_getaffinity(0)) + 0.1  # CPU time counted, and no more than the cores
+    assert 0.5 < cores_busy <= cores.cores() + 0.1  # CPU time counted, and no more than the cores
 
 
 @pytest.mark.parametrize("flags, native", [("fpu avx2 avx512f avx512bw", False), ("fpu avx512f avx512_bf16", True),

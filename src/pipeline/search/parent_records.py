@@ -28,12 +28,12 @@ def close_parent(client, run_id: str, failures: list, status: str | None = None,
     `failures` are (overrides, one-line error) of the jobs that failed. Returns the summary."""
     if status:
         end_running_children(client, run_id, status, reason)
-    text = summarise(client, run_id, failures)
+    children = children_of(client, run_id)  # as they ended
+    text = summarise(client, run_id, children, failures)
     if status:
         client.set_tag(run_id, liveness.ERROR, reason)
     else:
-        finished = any(child.info.status == "FINISHED" for child in children_of(client, run_id))
-        status = "FINISHED" if finished else "FAILED"
+        status = "FINISHED" if any(child.info.status == "FINISHED" for child in children) else "FAILED"
     client.set_terminated(run_id, status)
     return text
 
@@ -81,16 +81,15 @@ def log_curves(client, parent_run_id: str, children, monitor: str) -> None:
         parent_run_id, "sweep", lambda folder: [plot_sweep_curves(histories, curves, folder / "curves.png")], client)
 
 
-def summarise(client, parent_run_id: str, failures=()) -> str:
+def summarise(client, parent_run_id: str, children, failures=()) -> str:
     """The same summary for a grid sweep and a search (pipeline/search/report.py: summary.md with every child, its
     state, objective, test metrics and error, and the best as a command line; history, importance, Pareto plots),
     plus the validation curves, the counts, and the best child on the parent's tags and metrics. Returns the
-    summary's text."""
+    summary's text. `children`: the parent's child runs (children_of)."""
     from pipeline.search.report import best, collect, log_report
 
-    children = children_of(client, parent_run_id)
     report = collect(client, parent_run_id)
-    text = log_report(client, parent_run_id)
+    text = log_report(client, parent_run_id, report)
     failed = [trial for trial in report.trials if trial.state in ("FAIL", "FAILED")]
     if len(failures) > len(failed):  # some jobs failed before their run existed: only the launcher knows them
         text += f"\nFailed jobs reported by the launcher ({len(failures)}):\n\n" + "".join(

@@ -311,9 +311,10 @@ def decision_region_plot(client, report: Report, folder: Path) -> list[Path]:
     return [plot_region_panels(panels, folder / "decision_regions.png", f"decision regions of the sweep's runs{shown}")]
 
 
-def log_report(client, parent_run_id: str) -> str:
-    """Write sweep/summary.md and the plots on the parent run; return the summary."""
-    report = collect(client, parent_run_id)
+def log_report(client, parent_run_id: str, report: Report | None = None) -> str:
+    """Write sweep/summary.md and the plots on the parent run; return the summary. `report`: the parent's, when
+    already collected."""
+    report = report or collect(client, parent_run_id)
     text = markdown(report)
     client.log_text(parent_run_id, text, "sweep/summary.md")
     tracking.log_generated_files(
