@@ -228,6 +228,24 @@ def test_a_stopped_sweep_ends_a_child_whose_own_process_tags_it_at_the_same_mome
     assert ended.data.tags[liveness.ERROR] == "stopped (Ctrl-C or SIGTERM)"
 
 
+def test_a_parents_children_are_read_past_one_page_and_a_trial_found_by_its_tag(tracking_uri):
+    """One MLflow search returns at most a page of runs (1000 by default): a sweep with more children than that
+    must still summarise and end them all; a search's verdict lands on the trial's own run."""
+    from pipeline.search.parent_records import children_of, mark_child
+
+    client, _ = all_runs(tracking_uri)
+    experiment = client.create_experiment("pages")
+    parent = client.create_run(experiment).info.run_id
+    children = [client.create_run(experiment, start_time=1000 + number,
+                                  tags={"mlflow.parentRunId": parent, "search.trial": str(number)}).info.run_id
+                for number in range(5)]
+    client.create_run(experiment)  # not a child
+    assert [run.info.run_id for run in children_of(client, parent, page_size=2)] == children
+    assert [run.info.run_id for run in children_of(client, parent, only="tags.`search.trial` = '3'")] == [children[3]]
+    mark_child(client, parent, 3, "PRUNED")
+    assert [run.data.tags.get("search.state") for run in children_of(client, parent)] == [None] * 3 + ["PRUNED", None]
+
+
 def test_a_sequential_sweep_leaves_mlflow_to_its_tracking_process(tmp_path, tracking_uri):
     """The parent run's records are the tracking process's (sweep_parent_run.py): the sweeping process, which runs
     the jobs, never imports MLflow, so its job checks import torch without waiting for it."""

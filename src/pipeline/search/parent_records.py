@@ -46,10 +46,19 @@ def prepare_summary() -> None:
     pyplot()
 
 
-def children_of(client, parent_run_id: str):
-    parent = client.get_run(parent_run_id)
-    return client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                              order_by=["attributes.start_time ASC"])
+def children_of(client, parent_run_id: str, only: str = "", page_size: int = 1000) -> list:
+    """Every child run of the parent, oldest first (`only`: an MLflow filter they must match too). Read page by page:
+    one search returns at most `page_size` runs, and a sweep may have more children than that."""
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    condition = f"tags.mlflow.parentRunId = '{parent_run_id}'" + (f" and {only}" if only else "")
+    children, page_token = [], None
+    while True:
+        page = client.search_runs([experiment], filter_string=condition, order_by=["attributes.start_time ASC"],
+                                  max_results=page_size, page_token=page_token)
+        children += page
+        page_token = page.token
+        if not page_token:
+            return children
 
 
 def end_running_children(client, parent_run_id: str, status: str, reason: str) -> None:
@@ -115,8 +124,7 @@ def mark_child(client, parent_run_id: str, trial_number: int, state: str, reason
                searched: dict | None = None) -> None:
     """Tag the trial's MLflow run with the study's verdict (search.state); a trial refused before it ran gets a
     FAILED run of its own, with its values of the searched keys (`searched`), so every trial is in MLflow."""
-    child = next((run for run in children_of(client, parent_run_id)
-                  if run.data.tags.get("search.trial") == str(trial_number)), None)
+    child = next(iter(children_of(client, parent_run_id, only=f"tags.`search.trial` = '{trial_number}'")), None)
     if child is None:
         experiment = client.get_run(parent_run_id).info.experiment_id
         child = client.create_run(experiment, run_name=f"trial {trial_number} (refused)", tags={
