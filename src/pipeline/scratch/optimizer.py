@@ -1,6 +1,7 @@
-"""What the scratch optimizers share, so each file is its update rule alone: step() evaluates the closure (the way
-Lightning calls it) and hands every parameter that has a gradient to `update`; torch.optim.Optimizer underneath
-keeps the parameter groups, the state and its state_dict, which schedulers and checkpoints rely on."""
+"""What the scratch optimizers (and pipeline.muon) share, so each file is its update rule alone: step() evaluates
+the closure (the way Lightning calls it) and hands every parameter that has a gradient to `update`;
+torch.optim.Optimizer underneath keeps the parameter groups, the state and its state_dict, which schedulers and
+checkpoints rely on."""
 import torch
 
 
