@@ -16,6 +16,7 @@ from pipeline.checks import check_config, check_model_fits_data
 from pipeline.errors import ConfigError
 from pipeline.train import run
 from pipeline.models.building import build_network
+from pipeline.muon import Muon
 
 
 def options(group: str) -> list[str]:
@@ -104,7 +105,7 @@ def test_data_model_regularization_composes_and_builds(compose_config, data, mod
 
 
 OPTIMIZER_CLASSES = {"sgd": torch.optim.SGD, "momentum": torch.optim.SGD, "adam": torch.optim.Adam,
-                     "adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop}
+                     "adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop, "muon": Muon}
 SCHEDULER_CLASSES = {"none": type(None), "step": torch.optim.lr_scheduler.StepLR,
                      "cosine": torch.optim.lr_scheduler.CosineAnnealingLR,
                      "onecycle": torch.optim.lr_scheduler.OneCycleLR}

@@ -143,8 +143,10 @@ def test_the_cifar10_experiment_trains_and_tests_the_weight_average(compose_conf
     trainer = train.build_trainer(cfg, None)
     metrics, best = train.fit(trainer, task, datamodule)
     assert best and "val/acc_best" in metrics
-    others, shifts = trainer.optimizers[0].param_groups  # the one-cycle schedule moved both, keeping their ratio
+    others, filters, shifts = trainer.optimizers[0].param_groups  # the one-cycle schedule moved all, keeping ratios
+    assert filters["filter"] and not others["filter"] and not shifts["filter"]  # Muon steps the conv filters
     assert others["lr"] != cfg.optimizer.lr and shifts["lr"] == pytest.approx(64 * others["lr"])
+    assert filters["lr"] == pytest.approx(others["lr"] * cfg.optimizer.filter_lr / cfg.optimizer.lr)
     trainer.test(task, datamodule=datamodule, ckpt_path="best", verbose=False)
     checkpoint = torch.load(best, weights_only=False)
     averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]

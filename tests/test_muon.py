@@ -120,15 +120,16 @@ def test_a_state_dict_round_trip_continues_the_same_trajectory():
     assert all(torch.equal(a, b) for a, b in zip(net.parameters(), copied.parameters()))
 
 
-def test_the_cifar10_recipe_trains_with_muon(compose_config, tmp_path):
+def test_the_cifar10_recipe_trains_its_filters_with_muon(compose_config, tmp_path):
     from pipeline import train
 
     write_cifar(tmp_path / "data" / "cifar-10-batches-py", per_batch=40, test=40)
-    cfg = compose_config("experiment=cifar10_cnn", "optimizer=muon", "logger=none", f"data.root={tmp_path}/data",
+    cfg = compose_config("experiment=cifar10_cnn", "logger=none", f"data.root={tmp_path}/data",
                          f"data.cache_dir={tmp_path}/cache", "data.download=false", "data.batch_size=32",
                          "data.val_fraction=0.2", "model.widths=[8,16,16]", "trainer.max_epochs=2",
                          "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", "threads=1")
-    assert cfg.optimizer.lr == 1.5 and cfg.optimizer.filter_lr == 0.24  # the recipe's rates reach it
+    assert cfg.optimizer._target_ == "pipeline.muon.Muon"
+    assert cfg.optimizer.lr == 1.5 and cfg.optimizer.filter_lr == 0.12  # the recipe's rates reach it
     train.start(cfg)
     datamodule = train.build_data(cfg)
     task = train.build_task(cfg, datamodule)
