@@ -36,7 +36,7 @@ def orthogonalised(matrix: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 class Muon(ScratchOptimizer):
-    def __init__(self, params, lr: float, momentum: float = 0.85, weight_decay: float = 0.0,
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
                  filter_lr: float = 0.12, filter_momentum: float = 0.6, newton_schulz_steps: int = 3):
         for name, value, low, high in (("lr", lr, 0, None), ("filter_lr", filter_lr, 0, None),
                                        ("momentum", momentum, 0, 1), ("filter_momentum", filter_momentum, 0, 1),
