@@ -61,7 +61,7 @@ def columns(client, parent, runs) -> list[str]:
 
     best = []
     if parent is not None:
-        report = collect(client, parent.info.run_id)
+        report = collect(client, parent.info.run_id, runs)  # a parent's runs are its children (newest_runs)
         objectives = [metric for metric, _ in report.objectives]
         swept = list(dict.fromkeys(key for trial in report.trials for key in trial.params))
         best = [f"best/{name}" for name in objectives if f"best/{name}" in parent.data.metrics]

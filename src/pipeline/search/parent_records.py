@@ -47,18 +47,15 @@ def prepare_summary() -> None:
 
 
 def children_of(client, parent_run_id: str, only: str = "", page_size: int = 1000) -> list:
-    """Every child run of the parent, oldest first (`only`: an MLflow filter they must match too). Read page by page:
-    one search returns at most `page_size` runs, and a sweep may have more children than that."""
+    """Every child run of the parent, oldest first (`only`: an MLflow filter they must match too). Read page by page
+    (MLflow's own paginator): one search returns at most `page_size` runs, and a sweep may have more children."""
+    from mlflow.utils import get_results_from_paginated_fn
+
     experiment = client.get_run(parent_run_id).info.experiment_id
     condition = f"tags.mlflow.parentRunId = '{parent_run_id}'" + (f" and {only}" if only else "")
-    children, page_token = [], None
-    while True:
-        page = client.search_runs([experiment], filter_string=condition, order_by=["attributes.start_time ASC"],
-                                  max_results=page_size, page_token=page_token)
-        children += page
-        page_token = page.token
-        if not page_token:
-            return children
+    return get_results_from_paginated_fn(
+        lambda count, token: client.search_runs([experiment], filter_string=condition, max_results=count,
+                                                order_by=["attributes.start_time ASC"], page_token=token), page_size)
 
 
 def end_running_children(client, parent_run_id: str, status: str, reason: str) -> None:
@@ -97,7 +94,7 @@ def summarise(client, parent_run_id: str, children, failures=()) -> str:
     summary's text. `children`: the parent's child runs (children_of)."""
     from pipeline.search.report import best, collect, log_report
 
-    report = collect(client, parent_run_id)
+    report = collect(client, parent_run_id, children)
     text = log_report(client, parent_run_id, report)
     failed = [trial for trial in report.trials if trial.state in ("FAIL", "FAILED")]
     if len(failures) > len(failed):  # some jobs failed before their run existed: only the launcher knows them

@@ -44,13 +44,14 @@ class Report:
     space: str = ""  # search/space.yaml as logged, for searches
 
 
-def collect(client, parent_run_id: str) -> Report:
-    """Read a sweep's parent and children from MLflow (a parent without children gives a report without trials)."""
+def collect(client, parent_run_id: str, children: list | None = None) -> Report:
+    """Read a sweep's parent and children from MLflow (a parent without children gives a report without trials);
+    `children`: the parent's child runs (parent_records.children_of), when already read."""
     from pipeline.search.parent_records import children_of
 
     parent = client.get_run(parent_run_id)
     tags = parent.data.tags
-    children = children_of(client, parent_run_id)
+    children = children_of(client, parent_run_id) if children is None else children
     strategy = tags.get("search.strategy", "grid")
     if "search.objectives" in tags:
         objectives = [(metric, direction) for metric, direction in json.loads(tags["search.objectives"])]
