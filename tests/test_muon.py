@@ -56,10 +56,15 @@ def test_everything_but_the_filters_follows_torchs_nesterov_sgd():
     assert not torch.equal(net.head.weight, Net().head.weight)
 
 
-def test_a_filter_steps_along_its_orthogonalised_nesterov_momentum_from_a_fixed_norm():
+@pytest.mark.parametrize("scheduled_momentum", [None, 0.95], ids=["constant", "momentum scheduled"])
+def test_a_filter_steps_along_its_orthogonalised_nesterov_momentum_from_a_fixed_norm(scheduled_momentum):
+    """With a momentum schedule (scheduler=onecycle's cycle_momentum sets every group's momentum), the filters keep
+    filter_momentum."""
     torch.manual_seed(0)
     net = Net()
     muon = Muon(net.parameters(), lr=0.1, filter_lr=0.05, filter_momentum=0.6, newton_schulz_steps=3)
+    for group in muon.param_groups if scheduled_momentum else []:
+        group["momentum"] = scheduled_momentum
     gradients, before = [], []
     for _ in range(2):
         muon.zero_grad()

@@ -5,7 +5,9 @@ A filter's step is its momentum made orthogonal: the (out, in·k·k) matrix's si
 Newton-Schulz iterations, so every direction the layer can change in moves by about the same amount, however
 unevenly the gradient spreads over them. Before each step the filter is scaled back to norm sqrt(out): BatchNorm
 follows every conv, so the scale carries no information, and fixing it keeps a step of `filter_lr` the same relative
-change all through training (it also stands in for weight decay, which these filters do not get).
+change all through training (it also stands in for weight decay, which these filters do not get). The filters' momentum
+is their group's `filter_momentum`, which a momentum schedule (scheduler=onecycle's cycle_momentum, which sets every
+group's `momentum`) leaves alone: it cycles the other parameters' momentum only.
 
 Everything else (biases, BatchNorm shifts, linear layers) takes torch.optim.SGD's Nesterov step (its functional
 `sgd`) with the group's lr, momentum and weight decay: the task's parameter groups (task.norm_bias_lr_scale) work
@@ -56,7 +58,7 @@ class Muon(ScratchOptimizer):
             if others:
                 split.append({**group, "params": others})
             if filters:
-                split.append({**group, "params": filters, "lr": filter_lr, "momentum": filter_momentum,
+                split.append({**group, "params": filters, "lr": filter_lr, "filter_momentum": filter_momentum,
                               "weight_decay": 0.0, "filter": True})
         super().__init__(split, lr=lr, momentum=momentum, weight_decay=weight_decay, filter=False)
         self.newton_schulz_steps = newton_schulz_steps
@@ -68,11 +70,12 @@ class Muon(ScratchOptimizer):
                 lr=group["lr"], dampening=0.0, nesterov=True, maximize=False)
             state["momentum_buffer"] = buffers[0]
             return
+        momentum = group.get("filter_momentum", group["momentum"])  # the latter: checkpoints of the first version
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = grad.clone()
         else:
-            state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
-        update = grad.add(state["momentum_buffer"], alpha=group["momentum"])  # Nesterov
+            state["momentum_buffer"].mul_(momentum).add_(grad)
+        update = grad.add(state["momentum_buffer"], alpha=momentum)  # Nesterov
         param.mul_(len(param) ** 0.5 / param.norm().clamp_min(1e-12))
         update = orthogonalised(update.reshape(len(update), -1).float(), self.newton_schulz_steps)
         param.add_(update.view_as(param).to(param.dtype), alpha=-group["lr"])
