@@ -28,6 +28,7 @@ ROWS = {
     # Nesterov SGD for the conv filters too, instead of Muon: the recipe before Muon (10 epochs), and at the recipe's
     "sgd_10_epochs": ["optimizer=momentum", "trainer.max_epochs=10"],
     "sgd_same_epochs": ["optimizer=momentum"],
+    "alternating_flips": ["data.flip=alternate"],  # each image mirrored in every other epoch, not at random
     "no_label_smoothing": ["task.label_smoothing=0"],
     "no_bias_scale": ["task.norm_bias_lr_scale=1"],  # the BatchNorm shifts at the others' learning rate
     "whitening_bias_always": ["model.whitening_bias_epochs=null"],  # trained every epoch, not the first 3 only

@@ -14,9 +14,9 @@ import torch
 from hydra.utils import instantiate
 
 from pipeline.data.cifar10 import CIFAR10DataModule
-from pipeline.data.images import random_crop, random_flip
+from pipeline.data.images import alternating_flip, random_crop, random_flip
 from pipeline.data.mnist import IDXImageDataModule, read_idx
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 from pipeline.train import run
 
 RNG = np.random.default_rng(0)
@@ -250,6 +250,47 @@ def test_random_flip_mirrors_about_half_the_images_left_to_right():
     kept = [torch.equal(flipped[i], x[i]) for i in range(64)]
     assert all(m != k for m, k in zip(mirrored, kept))  # each image either mirrored or untouched
     assert 16 <= sum(mirrored) <= 48
+
+
+def test_alternating_flip_mirrors_each_example_in_every_other_pass():
+    x = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    first = torch.rand(64, generator=torch.Generator().manual_seed(1)) < 0.5
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(2))
+    passes = [alternating_flip(x[order], order, n, first) for n in range(3)]
+    for n, seen in enumerate(passes):
+        mirrored = torch.tensor([torch.equal(seen[i], x[j].flip(2)) for i, j in enumerate(order.tolist())])
+        kept = torch.tensor([torch.equal(seen[i], x[j]) for i, j in enumerate(order.tolist())])
+        assert torch.equal(mirrored, ~kept)  # each example either mirrored or untouched
+        assert torch.equal(mirrored, first[order] if n % 2 == 0 else ~first[order])
+    assert 16 <= int(first.sum()) <= 48
+
+
+def test_alternating_flips_in_a_real_fit_show_each_image_both_ways_every_two_epochs(tmp_path):
+    write_cifar(tmp_path / "data" / "cifar-10-batches-py")
+    module = cifar_module(tmp_path, crop_padding=0, flip="alternate")
+    model = BatchRecorder()
+    trainer = pl.Trainer(max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=module)
+    train = module.splits["train"][0]
+    which = {image.numpy().tobytes(): (i, False) for i, image in enumerate(train)}
+    which.update({image.flip(2).numpy().tobytes(): (i, True) for i, image in enumerate(train)})
+    seen = torch.cat(model.seen["train"]).split(len(train))
+    orientation = torch.zeros(4, len(train), dtype=torch.int8)
+    for epoch, images in enumerate(seen):
+        for image in images:
+            index, mirrored = which[image.numpy().tobytes()]
+            orientation[epoch, index] = 1 + mirrored
+    assert (orientation > 0).all()  # every training image once per epoch, as itself or mirrored
+    assert 0.3 < (orientation[0] == 2).float().mean() < 0.7
+    assert torch.equal(orientation[1], 3 - orientation[0]) and torch.equal(orientation[2], orientation[0])
+    assert torch.equal(orientation[3], orientation[1])
+
+
+@pytest.mark.parametrize("flip", ["random", 1, None])
+def test_an_unknown_flip_names_the_key_and_the_choices(tmp_path, flip):
+    with pytest.raises(ConfigError, match=r"data.flip=.*alternate"):
+        cifar_module(tmp_path, flip=flip)
 
 
 class BatchRecorder(pl.LightningModule):

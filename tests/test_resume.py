@@ -150,9 +150,10 @@ def test_ghosts_are_judged_by_pid_here_and_by_heartbeat_elsewhere(tracking_uri):
         name: status for name, (_, status) in cases.items()}
 
 
-def test_the_datamodule_state_carries_shuffling_and_augmentation_on(tmp_path):
+@pytest.mark.parametrize("flip", [True, "alternate"])
+def test_the_datamodule_state_carries_shuffling_and_augmentation_on(tmp_path, flip):
     """What a checkpoint keeps of the data: after a restore, the next epoch's batches and their random crops and
-    flips are the ones the uninterrupted datamodule draws."""
+    flips (random, or alternating from epoch to epoch) are the ones the uninterrupted datamodule draws."""
     import torch
 
     from test_images import cifar_module, write_cifar
@@ -162,18 +163,18 @@ def test_the_datamodule_state_carries_shuffling_and_augmentation_on(tmp_path):
     def epoch(datamodule):
         return [datamodule.augment(x) for x, _ in datamodule.train_dataloader()]
 
-    running = cifar_module(tmp_path)
+    running = cifar_module(tmp_path, flip=flip)
     running.setup("fit")
     epoch(running)  # epoch 1, then a checkpoint
     saved = running.state_dict()
-    assert set(saved) == {"shuffle_generator", "augment_generator"}
+    assert set(saved) == {"shuffle_generator", "augment_generator", "training_passes"}
     expected = epoch(running)  # epoch 2, uninterrupted
 
-    restored = cifar_module(tmp_path)  # a new process after a crash
+    restored = cifar_module(tmp_path, flip=flip)  # a new process after a crash
     restored.setup("fit")
     restored.load_state_dict(saved)
     got = epoch(restored)
     assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected))
-    fresh = cifar_module(tmp_path)
+    fresh = cifar_module(tmp_path, flip=flip)
     fresh.setup("fit")
     assert not torch.equal(epoch(fresh)[0], expected[0])  # without the state, epoch 2 would be epoch 1 again

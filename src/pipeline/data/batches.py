@@ -21,10 +21,14 @@ class TensorBatches:
 
     The tensors may live on a GPU (data/placement.py): the order is drawn on the host from the generator, then
     indexes there. With `pin`, host batches come in pinned memory, so their copies to a GPU run asynchronously.
+
+    `each_epoch(x, order)`, where given, is called once per pass with the pass's inputs (a fresh copy, in order)
+    and the indices they came from, and returns the inputs to batch: what per-example augmentation that must
+    remember an example from one epoch to the next needs (image data's alternating flips).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
-                 rank: int = 0, world: int = 1, pad: bool = False, pin: bool = False):
+                 rank: int = 0, world: int = 1, pad: bool = False, pin: bool = False, each_epoch=None):
         if len(x) != len(y):
             raise ValueError(f"inputs and labels differ in length: {len(x)} vs {len(y)}")
         self.x, self.y = x, y
@@ -32,6 +36,7 @@ class TensorBatches:
         self.generator = generator
         self.rank, self.world, self.pad = rank, world, pad
         self.pin = pin
+        self.each_epoch = each_epoch
 
     def examples(self) -> int:
         """How many examples this process sees per epoch."""
@@ -59,7 +64,11 @@ class TensorBatches:
         order = self.order()
         if order is not None:
             order = to_device(order, self.x.device)
+        if self.each_epoch is not None and order is None:
+            order = to_device(torch.arange(len(self.x)), self.x.device)
         x, y = (self.x, self.y) if order is None else (self.x[order], self.y[order])
+        if self.each_epoch is not None:
+            x = self.each_epoch(x, order)
         for start in range(0, len(x), self.batch_size):
             batch = x[start : start + self.batch_size], y[start : start + self.batch_size]
             yield tuple(part.pin_memory() for part in batch) if self.pin else batch

@@ -49,6 +49,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.shuffle_generator = torch.Generator().manual_seed(seed)
         self.on_device: dict = {}  # served(): (split, device) -> (the host tensors, their GPU copies or None)
         self.training_group = 1  # training batches per call of the task (set by pipeline/fused_steps.py)
+        self.training_passes = 0  # passes over the training split so far (each_training_pass), kept in checkpoints
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -114,13 +115,19 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.num_classes = prepared["num_classes"]
 
     def state_dict(self) -> dict:
-        """The state of every random generator the datamodule draws from (shuffling, augmentation), which
-        Lightning keeps in checkpoints: a resumed run then sees the batches an uninterrupted one would."""
-        return {name: value.get_state() for name, value in vars(self).items() if isinstance(value, torch.Generator)}
+        """The state of every random generator the datamodule draws from (shuffling, augmentation) and the count of
+        training passes, which Lightning keeps in checkpoints: a resumed run then sees the batches an uninterrupted
+        one would."""
+        generators = {name: value.get_state() for name, value in vars(self).items()
+                      if isinstance(value, torch.Generator)}
+        return {**generators, "training_passes": self.training_passes}
 
     def load_state_dict(self, state_dict: dict) -> None:
         for name, state in state_dict.items():
-            getattr(self, name).set_state(state)
+            if name == "training_passes":
+                self.training_passes = state
+            else:
+                getattr(self, name).set_state(state)
 
     def class_counts(self) -> torch.Tensor:
         """Training examples per class: what class-weighted losses balance against."""
@@ -157,7 +164,14 @@ class InMemoryDataModule(pl.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if inside else (0, 1)
         (x, y), pin = self.served(split, device)
         return TensorBatches(x, y, self.batch_size, self.shuffle_generator if shuffle else None, rank, world,
-                             pad=shuffle, pin=pin)
+                             pad=shuffle, pin=pin, each_epoch=self.each_training_pass if shuffle else None)
+
+    def each_training_pass(self, x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """Called as each pass over the (shuffled) training split starts, with its inputs in order (a copy) and the
+        indices they came from: counts the passes; subclasses may change the inputs (image data: alternating
+        flips)."""
+        self.training_passes += 1
+        return x
 
     def served(self, split: str, device: torch.device) -> tuple[tuple[torch.Tensor, torch.Tensor], bool]:
         """The split's tensors to slice batches from and whether to pin them: on a GPU a copy there, made once
