@@ -28,7 +28,10 @@ ROWS = {
     # Nesterov SGD for the conv filters too, instead of Muon: the recipe before Muon (10 epochs), and at the recipe's
     "sgd_10_epochs": ["optimizer=momentum", "trainer.max_epochs=10"],
     "sgd_same_epochs": ["optimizer=momentum"],
-    "alternating_flips": ["data.flip=alternate"],  # each image mirrored in every other epoch, not at random
+    # Levers tried on top of the recipe: each image mirrored in every other epoch instead of at random; the first
+    # epochs on 24x24 crops (progressive resizing: 0.56x the arithmetic per image there)
+    "alternating_flips": ["data.flip=alternate"],
+    "small_crops_first": ["data.small_crop_size=24", "data.small_crop_epochs=5"],
     "no_label_smoothing": ["task.label_smoothing=0"],
     "no_bias_scale": ["task.norm_bias_lr_scale=1"],  # the BatchNorm shifts at the others' learning rate
     "whitening_bias_always": ["model.whitening_bias_epochs=null"],  # trained every epoch, not the first 3 only

@@ -222,11 +222,11 @@ def test_truncated_cifar_batch_is_a_clear_error_and_writes_no_cache(tmp_path):
 def crop_offsets(cropped: torch.Tensor, x: torch.Tensor, padding: int) -> list[tuple[int, int]]:
     """For each image, where its window lies in the zero-padded original (a crop must be exactly one window)."""
     padded = torch.nn.functional.pad(x, (padding,) * 4)
-    size = 2 * padding + 1
+    h, w = cropped.shape[2:]
     offsets = []
     for i in range(len(x)):
-        found = [(dy, dx) for dy in range(size) for dx in range(size)
-                 if torch.equal(cropped[i], padded[i, :, dy:dy + x.shape[2], dx:dx + x.shape[3]])]
+        found = [(dy, dx) for dy in range(padded.shape[2] - h + 1) for dx in range(padded.shape[3] - w + 1)
+                 if torch.equal(cropped[i], padded[i, :, dy:dy + h, dx:dx + w])]
         assert len(found) == 1, f"image {i} is not a window of its padded original"
         offsets += found
     return offsets
@@ -241,6 +241,33 @@ def test_random_crop_shifts_each_image_by_its_own_offset():
     assert offsets.count((2, 2)) < 10  # (2, 2) is the unshifted image
     assert torch.equal(random_crop(x, 2, torch.Generator().manual_seed(5)),
                        random_crop(x, 2, torch.Generator().manual_seed(5)))
+
+
+def test_small_random_crops_are_windows_anywhere_in_the_padded_image():
+    x = torch.arange(64 * 3 * 8 * 8, dtype=torch.float32).view(64, 3, 8, 8) + 1
+    cropped = random_crop(x, 1, torch.Generator().manual_seed(0), size=5)
+    assert cropped.shape == (64, 3, 5, 5)
+    offsets = crop_offsets(cropped, x, 1)
+    assert set(offsets) <= {(dy, dx) for dy in range(6) for dx in range(6)} and len(set(offsets)) >= 20
+
+
+def test_the_first_epochs_train_on_small_crops_then_whole_images(tmp_path):
+    write_cifar(tmp_path / "data" / "cifar-10-batches-py")
+    module = cifar_module(tmp_path, crop_padding=2, small_crop_size=24, small_crop_epochs=2)
+    model = BatchRecorder()
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=module)
+    sizes = [tuple(batch.shape[2:]) for batch in model.seen["train"]]
+    per_epoch = len(sizes) // 3
+    assert sizes == [(24, 24)] * 2 * per_epoch + [(32, 32)] * per_epoch
+    assert all(tuple(batch.shape[2:]) == (32, 32) for batch in model.seen["val"])  # evaluation sees whole images
+
+
+@pytest.mark.parametrize("key, value", [("small_crop_size", 33), ("small_crop_size", 0), ("small_crop_epochs", -1)])
+def test_bad_small_crops_name_the_key(tmp_path, key, value):
+    with pytest.raises(ConfigError, match=rf"data.{key}={value} is invalid"):
+        cifar_module(tmp_path, **{key: value})
 
 
 def test_random_flip_mirrors_about_half_the_images_left_to_right():
@@ -303,7 +330,8 @@ class BatchRecorder(pl.LightningModule):
 
     def step(self, batch, stage):
         self.seen[stage].append(batch[0].clone())
-        return torch.nn.functional.cross_entropy(self.layer(batch[0].flatten(1)), batch[1])
+        whole = torch.nn.functional.interpolate(batch[0], size=(32, 32))  # small crops too (progressive resizing)
+        return torch.nn.functional.cross_entropy(self.layer(whole.flatten(1)), batch[1])
 
     def training_step(self, batch, batch_idx):
         return self.step(batch, "train")
