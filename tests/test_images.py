@@ -316,7 +316,7 @@ def test_alternating_flips_in_a_real_fit_show_each_image_both_ways_every_two_epo
 
 @pytest.mark.parametrize("flip", ["random", 1, None])
 def test_an_unknown_flip_names_the_key_and_the_choices(tmp_path, flip):
-    with pytest.raises(ConfigError, match=r"data.flip=.*alternate"):
+    with pytest.raises(ConfigError, match=r"data.flip=.* is not one of false, true, alternate"):
         cifar_module(tmp_path, flip=flip)
 
 

@@ -85,8 +85,9 @@ class ImageDataModule(InMemoryDataModule):
         if not (isinstance(small_crop_epochs, int) and small_crop_epochs >= 0):
             raise ConfigError(f"data.small_crop_epochs={small_crop_epochs!r} is invalid: a whole number >= 0")
         if flip not in FLIPS or isinstance(flip, int) and not isinstance(flip, bool):
-            raise ConfigError(f"data.flip={flip!r} is not one of {', '.join(map(str, FLIPS))} (false: none, true: "
-                              "random, alternate: each example mirrored in every other epoch)")
+            choices = ", ".join(str(choice).lower() for choice in FLIPS)
+            raise ConfigError(f"data.flip={flip!r} is not one of {choices} (false: none, true: random, alternate: "
+                              "each example mirrored in every other epoch)")
         self.folder = Path(self.root) / folder
         self.cache_dir = Path(cache_dir)
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
