@@ -84,7 +84,7 @@ class ImageDataModule(InMemoryDataModule):
                               f"to the images' side ({side}), or null")
         if not (isinstance(small_crop_epochs, int) and small_crop_epochs >= 0):
             raise ConfigError(f"data.small_crop_epochs={small_crop_epochs!r} is invalid: a whole number >= 0")
-        if flip not in FLIPS or isinstance(flip, int) and not isinstance(flip, bool):
+        if not (isinstance(flip, bool) or flip == "alternate"):  # 1 == True, but data.flip=1 is a mistake
             choices = ", ".join(str(choice).lower() for choice in FLIPS)
             raise ConfigError(f"data.flip={flip!r} is not one of {choices} (false: none, true: random, alternate: "
                               "each example mirrored in every other epoch)")
