@@ -228,6 +228,32 @@ def test_the_command_prints_a_sweeps_summary_by_id_and_the_newest_with_latest(st
     assert "python run.py trainer.max_epochs=1 optimizer=sgd optimizer.lr=0.01" in latest.stdout
 
 
+@pytest.mark.parametrize("tagged", [True, False], ids=["tagged parents", "parents written before the tag"])
+def test_latest_is_the_newest_parent_with_children(tmp_path, tagged):
+    from pipeline.report import latest_sweep
+
+    made = Store(f"sqlite:///{tmp_path}/mlflow.db")
+    tag = (lambda sweep: {"pipeline.sweep": sweep}) if tagged else (lambda sweep: {})
+    older = made.run("sweep: a", tags=tag("a"))
+    for job in range(20):
+        made.run(f"job a{job}", parent=older)
+    newest = made.run("sweep: b", tags=tag("b"))
+    made.run("job b", parent=newest)
+    made.run("sweep: c", tags=tag("c"))  # stopped before its first job: no children
+    made.run("a single run")
+    search, read = made.client.search_runs, []
+
+    def counted_search(*args, **kwargs):
+        found = search(*args, **kwargs)
+        read.extend(found)
+        return found
+
+    made.client.search_runs = counted_search
+    assert latest_sweep(made.client) == newest
+    # tagged: the newest parents and one child of each, not every child in the store
+    assert len(read) <= 4 if tagged else len(read) >= 21
+
+
 @pytest.mark.parametrize("which, message", [
     ("unknown", "error: no run 0123456789abcdef0123456789abcdef in "),
     ("single", "is not a sweep's parent (it has no child runs): give a sweep's parent run or --latest"),

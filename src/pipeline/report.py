@@ -8,8 +8,16 @@ from pipeline.errors import ConfigError
 
 
 def latest_sweep(client) -> str:
-    """The newest run that has child runs: the last sweep's parent."""
+    """The newest run that has child runs: the last sweep's parent. Parents carry the `pipeline.sweep` tag, so the
+    newest few are one query away however many runs the store holds; a store whose parents were written before they
+    were tagged is searched through its children instead."""
     experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    tagged = client.search_runs(experiments, "tags.`pipeline.sweep` IS NOT NULL", max_results=10,
+                                order_by=["attributes.start_time DESC"]) if experiments else []
+    for parent in tagged:  # a sweep stopped before its first job started has no children
+        if client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                              max_results=1):
+            return parent.info.run_id
     children = client.search_runs(experiments, "tags.mlflow.parentRunId IS NOT NULL",
                                   max_results=50000) if experiments else []
     parents = [client.get_run(run_id) for run_id in {child.data.tags["mlflow.parentRunId"] for child in children}]
