@@ -2,6 +2,8 @@
 precision, from batches served on the GPU (or from pinned memory where a split does not fit), and every experiment
 of the curriculum runs there. CI has no GPU: these tests are skipped there and run on a GPU machine with
 `pytest -n0 tests/test_gpu.py` (no MLflow needed: the runs log to CSV files)."""
+import re
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -9,6 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from conftest import CONF
 from pipeline.data import placement
+from pipeline.data.images import alternating_flip, random_crop, random_flip
 from pipeline.divergence import TrainingDiverged
 from pipeline.train import build_data, build_task, build_trainer, run, start
 from test_images import write_cifar, write_mnist
@@ -80,6 +83,43 @@ def test_divergence_on_the_gpu_stops_the_run_within_a_step(tmp_path):
     cfg = configured(tmp_path, "callbacks=none", "optimizer=sgd", "optimizer.lr=1e30", "trainer.max_epochs=3")
     with pytest.raises(TrainingDiverged, match=r"training diverged at epoch 0, step \d+"):
         run(cfg, overrides=[])
+
+
+def augmented(device: str) -> list[torch.Tensor]:
+    """The training augmentations of a batch on `device`, from the same CPU-seeded draws (returned on the CPU)."""
+    def seeded(seed: int) -> torch.Generator:
+        return torch.Generator().manual_seed(seed)
+
+    x = torch.rand(64, 3, 32, 32, generator=seeded(0)).to(device)
+    order = torch.randperm(64, generator=seeded(1)).to(device)
+    first = torch.rand(64, generator=seeded(2)) < 0.5  # kept on the CPU, as the datamodule keeps it
+    made = [random_crop(x, 2, seeded(3)), random_crop(x, 2, seeded(3), 24), random_flip(x, seeded(4))]
+    made += [alternating_flip(x[order].clone(), order, passes, first) for passes in (0, 1)]
+    return [image.cpu() for image in made]
+
+
+def test_the_augmentations_make_the_same_images_on_the_gpu():
+    for on_cpu, on_gpu in zip(augmented("cpu"), augmented("cuda")):
+        assert torch.equal(on_cpu, on_gpu)
+
+
+def test_alternating_flips_and_small_crops_train_on_gpu_resident_splits(tmp_path, data_root):
+    cfg = configured(tmp_path, "experiment=cifar10_cnn", "model.widths=[8,16,16]", "data.flip=alternate",
+                     "data.small_crop_size=24", "data.small_crop_epochs=1", "data.batch_size=64",
+                     "trainer.max_epochs=3", "viz.explain_images=4", "viz.explain_steps=2")
+    metrics = run(cfg, overrides=[])
+    assert metrics["test/acc"] >= 0 and all(torch.isfinite(torch.tensor(value)) for value in metrics.values()), metrics
+
+
+def test_a_parallel_sweep_trains_every_job_on_the_gpu(run_py, tmp_path):
+    """Forked joblib workers (search/launcher_workers.py) each take the GPU: the process they are forked from
+    imports torch but must not have started CUDA."""
+    result = run_py("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=0.01,0.1",
+                    "trainer.max_epochs=2", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job in (0, 1):
+        log = (tmp_path / "sweep" / str(job) / "run.log").read_text()
+        assert re.search(r"GPU available: True.*, used: True", log), log[-2000:]
 
 
 @pytest.mark.parametrize("data,model", NETWORKS)
