@@ -3,13 +3,15 @@ precision, from batches served on the GPU (or from pinned memory where a split d
 of the curriculum runs there. CI has no GPU: these tests are skipped there and run on a GPU machine with
 `pytest -n0 tests/test_gpu.py` (no MLflow needed: the runs log to CSV files)."""
 import re
+import subprocess
+import sys
 
 import pytest
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 
-from conftest import CONF
+from conftest import CONF, ROOT
 from pipeline.data import placement
 from pipeline.data.images import alternating_flip, random_crop, random_flip
 from pipeline.divergence import TrainingDiverged
@@ -111,11 +113,13 @@ def test_alternating_flips_and_small_crops_train_on_gpu_resident_splits(tmp_path
     assert metrics["test/acc"] >= 0 and all(torch.isfinite(torch.tensor(value)) for value in metrics.values()), metrics
 
 
-def test_a_parallel_sweep_trains_every_job_on_the_gpu(run_py, tmp_path):
+def test_a_parallel_sweep_trains_every_job_on_the_gpu(tmp_path):
     """Forked joblib workers (search/launcher_workers.py) each take the GPU: the process they are forked from
     imports torch but must not have started CUDA."""
-    result = run_py("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=0.01,0.1",
-                    "trainer.max_epochs=2", timeout=600)
+    command = [sys.executable, str(ROOT / "run.py"), "-m", "logger=csv", "hydra/launcher=joblib",
+               "hydra.launcher.n_jobs=2", "optimizer.lr=0.01,0.1", "trainer.max_epochs=2",
+               f"hydra.sweep.dir={tmp_path}/sweep"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     for job in (0, 1):
         log = (tmp_path / "sweep" / str(job) / "run.log").read_text()
