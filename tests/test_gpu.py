@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from conftest import CONF, ROOT
 from pipeline.data import placement
+from pipeline.data.batches import GroupedBatches
 from pipeline.data.images import alternating_flip, random_crop, random_flip
 from pipeline.divergence import TrainingDiverged
 from pipeline.train import build_data, build_task, build_trainer, run, start
@@ -111,6 +112,27 @@ def test_alternating_flips_and_small_crops_train_on_gpu_resident_splits(tmp_path
                      "trainer.max_epochs=3", "viz.explain_images=4", "viz.explain_steps=2")
     metrics = run(cfg, overrides=[])
     assert metrics["test/acc"] >= 0 and all(torch.isfinite(torch.tensor(value)) for value in metrics.values()), metrics
+
+
+def test_grouped_steps_train_on_the_gpu_as_one_step_per_call(tmp_path):
+    """fused_steps (several optimizer steps per call from Lightning's loop, fused_steps.py) on CUDA: the same steps
+    and weights as one step per call."""
+    fits = {}
+    for group in (4, 1):
+        cfg = configured(tmp_path / str(group), "callbacks=none", "logger=none", "model.hidden=[16]",
+                         "data.batch_size=150", "trainer.max_epochs=2", f"fused_steps={group}")
+        start(cfg)
+        datamodule = build_data(cfg)
+        task = build_task(cfg, datamodule)
+        trainer = build_trainer(cfg, None)
+        trainer.fit(task, datamodule=datamodule)
+        fits[group] = trainer, [tensor.detach().cpu() for tensor in task.state_dict().values()]
+    (grouped, grouped_weights), (single, single_weights) = fits[4], fits[1]
+    assert isinstance(grouped.train_dataloader, GroupedBatches) and grouped.train_dataloader.group == 4
+    assert grouped.global_step == single.global_step > 0
+    assert next(task.parameters()).device.type == "cuda"
+    assert all(torch.allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+               for mine, theirs in zip(grouped_weights, single_weights))
 
 
 def test_a_parallel_sweep_trains_every_job_on_the_gpu(tmp_path):
