@@ -2,6 +2,7 @@
 precision, from batches served on the GPU (or from pinned memory where a split does not fit), and every experiment
 of the curriculum runs there. CI has no GPU: these tests are skipped there and run on a GPU machine with
 `pytest -n0 tests/test_gpu.py` (no MLflow needed: the runs log to CSV files)."""
+import functools
 import re
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pipeline.data.batches import GroupedBatches
 from pipeline.data.images import alternating_flip, random_crop, random_flip
 from pipeline.divergence import TrainingDiverged
 from pipeline.train import build_data, build_task, build_trainer, run, start
+from test_fused_steps import fitted, weights
 from test_images import write_cifar, write_mnist
 from test_text import planted_text
 
@@ -117,22 +119,15 @@ def test_alternating_flips_and_small_crops_train_on_gpu_resident_splits(tmp_path
 def test_grouped_steps_train_on_the_gpu_as_one_step_per_call(tmp_path):
     """fused_steps (several optimizer steps per call from Lightning's loop, fused_steps.py) on CUDA: the same steps
     and weights as one step per call."""
-    fits = {}
-    for group in (4, 1):
-        cfg = configured(tmp_path / str(group), "callbacks=none", "logger=none", "model.hidden=[16]",
-                         "data.batch_size=150", "trainer.max_epochs=2", f"fused_steps={group}")
-        start(cfg)
-        datamodule = build_data(cfg)
-        task = build_task(cfg, datamodule)
-        trainer = build_trainer(cfg, None)
-        trainer.fit(task, datamodule=datamodule)
-        fits[group] = trainer, [tensor.detach().cpu() for tensor in task.state_dict().values()]
-    (grouped, grouped_weights), (single, single_weights) = fits[4], fits[1]
+    compose = functools.partial(configured, tmp_path)
+    runs = {group: fitted(compose, "model.hidden=[16]", "data.batch_size=150", "trainer.max_epochs=2",
+                          f"fused_steps={group}") for group in (4, 1)}
+    (grouped, grouped_task, _), (single, single_task, _) = runs[4], runs[1]
     assert isinstance(grouped.train_dataloader, GroupedBatches) and grouped.train_dataloader.group == 4
     assert grouped.global_step == single.global_step > 0
-    assert next(task.parameters()).device.type == "cuda"
-    assert all(torch.allclose(mine, theirs, rtol=1e-5, atol=1e-6)
-               for mine, theirs in zip(grouped_weights, single_weights))
+    assert next(single_task.parameters()).device.type == "cuda"
+    assert all(torch.allclose(mine.cpu(), theirs.cpu(), rtol=1e-5, atol=1e-6)
+               for mine, theirs in zip(weights(grouped_task), weights(single_task)))
 
 
 def test_a_parallel_sweep_trains_every_job_on_the_gpu(tmp_path):

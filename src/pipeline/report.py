@@ -15,8 +15,7 @@ def latest_sweep(client) -> str:
     tagged = client.search_runs(experiments, "tags.`pipeline.sweep` IS NOT NULL", max_results=10,
                                 order_by=["attributes.start_time DESC"]) if experiments else []
     for parent in tagged:  # a sweep stopped before its first job started has no children
-        if client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-                              max_results=1):
+        if has_children(client, parent):
             return parent.info.run_id
     children = client.search_runs(experiments, "tags.mlflow.parentRunId IS NOT NULL",
                                   max_results=50000) if experiments else []
@@ -27,17 +26,21 @@ def latest_sweep(client) -> str:
     return max(parents, key=lambda run: run.info.start_time).info.run_id
 
 
+def has_children(client, run) -> bool:
+    """Whether any run names `run` as its parent: one row read, however many children it has."""
+    return bool(client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'",
+                                   max_results=1))
+
+
 def sweep_parent(client, run_id: str) -> str:
     """The run id, checked to be a sweep's parent."""
     from mlflow.exceptions import MlflowException
-
-    from pipeline.search.parent_records import children_of
 
     try:
         run = client.get_run(run_id)
     except MlflowException:
         raise ConfigError(f"no run {run_id} in {client.tracking_uri}") from None
-    if not children_of(client, run_id):
+    if not has_children(client, run):
         parent = run.data.tags.get("mlflow.parentRunId")
         hint = f"it is a job of sweep {parent}; give that id" if parent else "give a sweep's parent run or --latest"
         raise ConfigError(f"run {run_id} is not a sweep's parent (it has no child runs): {hint}")
