@@ -32,6 +32,9 @@ ROWS = {
     # epochs on 24x24 crops (progressive resizing: 0.56x the arithmetic per image there)
     "alternating_flips": ["data.flip=alternate"],
     "small_crops_first": ["data.small_crop_size=24", "data.small_crop_epochs=5"],
+    # A narrower net for machines without AMX: blocks of 32, 192, 192 channels train 2x the images per second (0.48x
+    # the multiply-adds), and 10 epochs of it take about what 5 of the recipe's net do
+    "narrow_net": ["model.widths=[32,192,192]", "trainer.max_epochs=10"],
     "no_label_smoothing": ["task.label_smoothing=0"],
     "no_bias_scale": ["task.norm_bias_lr_scale=1"],  # the BatchNorm shifts at the others' learning rate
     "whitening_bias_always": ["model.whitening_bias_epochs=null"],  # trained every epoch, not the first 3 only
@@ -65,12 +68,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--quick", action="store_true", help="1 epoch on 1,000 images of a narrow net")
+    parser.add_argument("--keep", type=Path, help="keep each row's run folder (its MLflow store: per-epoch validation "
+                        "accuracy) under this folder instead of a temporary one")
     parser.add_argument("overrides", nargs="*", help="run.py overrides for every row (after --)")
     args = parser.parse_args()
     print(f"load average {open('/proc/loadavg').read().split()[0]}, {os.cpu_count()} CPUs; "
           f"python run.py experiment=cifar10_cnn {' '.join(args.overrides)}")
     print(f"{'row':<20} {'seconds':>8} {'minutes':>8} {'test acc':>9}")
     with tempfile.TemporaryDirectory() as scratch:
+        if args.keep:
+            scratch = args.keep.resolve()
+            scratch.mkdir(parents=True, exist_ok=True)
         for name in args.rows:
             overrides = ROWS[name] + args.overrides
             if args.quick:

@@ -166,11 +166,14 @@ def test_the_recipe_benchmark_times_whole_commands_and_reads_their_test_accuracy
     write_cifar(tmp_path / "data" / "cifar-10-batches-py", per_batch=220, test=40)
     env = {**os.environ, "PIPELINE_DATA_DIR": str(tmp_path / "data"), "PIPELINE_CACHE_DIR": str(tmp_path / "cache"),
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
-    result = subprocess.run([sys.executable, "benchmarks/cifar_recipe.py", "--quick", "--rows", "recipe",
-                             "--", "logger=csv"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "benchmarks/cifar_recipe.py", "--quick", "--rows", "recipe", "--keep",
+                             str(tmp_path / "kept"), "--", "logger=csv"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = [line.split() for line in result.stdout.splitlines() if line.startswith("recipe")]
     assert float(row[1]) > 0 and 0.0 <= float(row[3]) <= 1.0
+    kept = (tmp_path / "kept" / "recipe" / ".hydra" / "overrides.yaml").read_text()  # --keep: the run's folder stays
+    assert "trainer.max_epochs=1" in kept and "logger=csv" in kept
 
 
 def test_the_model_yaml_names_exactly_the_networks_arguments():
