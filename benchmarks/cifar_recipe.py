@@ -8,6 +8,7 @@ lever taken away at a time, each timed from start to exit with its test accuracy
 Target (issue 15): the recipe ≥ 0.90 test accuracy in ≤ 10 minutes on 2 CPU cores (aim 0.93).
 """
 import argparse
+import contextlib
 import os
 import re
 import subprocess
@@ -75,10 +76,9 @@ def main() -> None:
     print(f"load average {open('/proc/loadavg').read().split()[0]}, {os.cpu_count()} CPUs; "
           f"python run.py experiment=cifar10_cnn {' '.join(args.overrides)}")
     print(f"{'row':<20} {'seconds':>8} {'minutes':>8} {'test acc':>9}")
-    with tempfile.TemporaryDirectory() as scratch:
-        if args.keep:
-            scratch = args.keep.resolve()
-            scratch.mkdir(parents=True, exist_ok=True)
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with contextlib.nullcontext(args.keep.resolve()) if args.keep else tempfile.TemporaryDirectory() as scratch:
         for name in args.rows:
             overrides = ROWS[name] + args.overrides
             if args.quick:
